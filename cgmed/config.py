@@ -57,7 +57,9 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if origin is Literal:
         allowed = get_args(tp)
         if value not in allowed:
-            raise ConfigError(key, f"{value!r} is not one of {list(allowed)}", f"set {key} to one of {list(allowed)}")
+            raise ConfigError(
+                key, f"{value!r} is not one of {list(allowed)}", f"set {key} to one of {list(allowed)}"
+            )
         return value
     if origin in (list, tuple):
         (inner, *_) = get_args(tp) or (Any,)
@@ -116,7 +118,9 @@ def build_config(cls: type[T], node: Any, key: str) -> T:
     missing = [
         name
         for name, f in fields.items()
-        if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if name not in kwargs
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
     ]
     if missing:
         raise ConfigError(f"{key}.{missing[0]}", "is required", f"set {key}.{missing[0]}=...")

@@ -8,6 +8,7 @@ subsets (38-53) are the detection/segmentation part, not in either table.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -31,6 +32,16 @@ class SubsetInfo:
     def triplet(self) -> tuple[str, str, str]:
         return (self.modality, self.area, self.task)
 
+    def to_json(self) -> dict:
+        return {
+            "id": self.id,
+            "modality": self.modality,
+            "area": self.area,
+            "task": self.task,
+            "name": self.name,
+            "status": self.status,
+        }
+
     def describe(self) -> str:
         return f"{self.id} ({self.modality} {self.area} {self.task})"
 
@@ -49,17 +60,49 @@ MEDMAT_SUBSETS: dict[str, SubsetInfo] = {
         _s("05", "CT", "Brain", "State", "Brain Hemorrhage Classification", "OOD", [7]),
         _s("06", "CT", "Brain", "Cancer", "Brain Cancer Classification", "OOD", [8]),
         _s("07", "Der", "Skin", "Cancer", "Melanoma Type Classification", "ID", [10]),
-        _s("08", "Der", "Skin", "Diseases", "Skin Diseases Classification", "ID", [9, 11, 12, 13, 14, 15, 71, 72, 74]),
+        _s(
+            "08",
+            "Der",
+            "Skin",
+            "Diseases",
+            "Skin Diseases Classification",
+            "ID",
+            [9, 11, 12, 13, 14, 15, 71, 72, 74],
+        ),
         _s("09", "DP", "Mouth", "State", "Teeth Condition Classification", "ID", [16]),
         _s("10", "DP", "Mouth", "Cancer", "Oral Cancer Classification", "OOD", [17]),
         _s("11", "End", "Intestine", "Level", "Intestine Cleanliness Level", "ID", [18]),
         _s("12", "End", "Bladder", "Level", "Cancer Degree Classification", "OOD", [19]),
         _s("13", "End", "Intestine", "Diseases", "Intestine Diseases Classification", "ID", [20]),
-        _s("14", "FP", "Fundus", "Diseases", "Eye Diseases Classification", "ID", [21, 22, 23, 26, 27, 28, 31, 32, 75]),
-        _s("15", "FP", "Fundus", "Diseases", "Multiple-labels Eye Diseases Classification", "ID", [24, 25, 68]),
+        _s(
+            "14",
+            "FP",
+            "Fundus",
+            "Diseases",
+            "Eye Diseases Classification",
+            "ID",
+            [21, 22, 23, 26, 27, 28, 31, 32, 75],
+        ),
+        _s(
+            "15",
+            "FP",
+            "Fundus",
+            "Diseases",
+            "Multiple-labels Eye Diseases Classification",
+            "ID",
+            [24, 25, 68],
+        ),
         _s("16", "FP", "Fundus", "Level", "Blindness Level", "ID", [29]),
         _s("17", "FP", "Fundus", "Quality", "Retinal Images Quality Evaluation", "OOD", [30]),
-        _s("18", "Mic", "Cell", "Recognition", "Cell Type Classification", "ID", [33, 36, 37, 38, 39, 40, 41, 43, 65, 70]),
+        _s(
+            "18",
+            "Mic",
+            "Cell",
+            "Recognition",
+            "Cell Type Classification",
+            "ID",
+            [33, 36, 37, 38, 39, 40, 41, 43, 65, 70],
+        ),
         _s("19", "Mic", "Cell", "Level", "Prostate Cancer Degree Classification", "ID", [34]),
         _s("20", "Mic", "Cell", "Recognition", "Multiple-labels Blood Cell Classification", "OOD", [35]),
         _s("21", "Mic", "Cell", "Cancer", "Cancer Classification", "ID", [42, 67]),
@@ -69,10 +112,26 @@ MEDMAT_SUBSETS: dict[str, SubsetInfo] = {
         _s("25", "X-ray", "Bones", "Level", "Degree Classification of Knee", "ID", [49, 53]),
         _s("26", "X-ray", "Bones", "State", "Fractured Classification", "ID", [50, 51]),
         _s("27", "X-ray", "Bones", "Diseases", "Vertebrae Diseases Classification", "OOD", [52]),
-        _s("28", "X-ray", "Lung", "COVID", "COVID-19 and Pneumonia Classification", "ID", [54, 55, 56, 57, 60, 62, 81]),
+        _s(
+            "28",
+            "X-ray",
+            "Lung",
+            "COVID",
+            "COVID-19 and Pneumonia Classification",
+            "ID",
+            [54, 55, 56, 57, 60, 62, 81],
+        ),
         _s("29", "X-ray", "Breast", "Diseases", "Breast Diseases Classification", "OOD", [58, 78]),
         _s("30", "X-ray", "Lung", "Diseases", "Tuberculosis Classification", "ID", [59, 79]),
-        _s("31", "X-ray", "Chest", "Diseases", "Multiple-labels Chest Classification", "ID", [61, 73, 76, 77, 80, 85, 87]),
+        _s(
+            "31",
+            "X-ray",
+            "Chest",
+            "Diseases",
+            "Multiple-labels Chest Classification",
+            "ID",
+            [61, 73, 76, 77, 80, 85, 87],
+        ),
         _s("32", "X-ray", "Brain", "Cancer", "Tumor Classification", "ID", [63]),
         _s("33", "Mic", "Cell", "Diseases", "Multi-labels Diseases", "ID", [84]),
         _s("34", "FP", "Fundus", "Level", "Level Identification", "OOD", [66]),
@@ -102,6 +161,7 @@ MEDMAT_SUBSETS: dict[str, SubsetInfo] = {
 def normalize_subset_id(value: str | int) -> str:
     """``4``, ``"4"``, ``"04"``, ``"Subset--04"`` -> ``"04"``; other ids are kept as written."""
     text = str(value).strip()
-    if text.lower().startswith("subset"):
-        text = text.lstrip("Subsetubs-_ ")
+    m = re.match(r"(?i)^subset[-_ ]*(.+)$", text)
+    if m:
+        text = m.group(1)
     return text.zfill(2) if text.isdigit() and len(text) < 2 else text

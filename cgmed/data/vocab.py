@@ -106,7 +106,9 @@ class Vocabulary:
         merged: dict[str, frozenset[str]] = {}
         for tag, also in dict(self.task_merge).items():
             canon_tag = self.canonical("task", tag, where="data.task_merge")
-            merged[canon_tag] = frozenset(self.canonical("task", t, where=f"data.task_merge.{tag}") for t in also)
+            merged[canon_tag] = frozenset(
+                self.canonical("task", t, where=f"data.task_merge.{tag}") for t in also
+            )
         self._merge = merged
 
     def names(self, kind: str) -> list[str]:
@@ -122,7 +124,9 @@ class Vocabulary:
         ``where`` names the config key or file/record the name came from.
         """
         if kind not in self._lookup:
-            raise ConfigError(where, f"unknown MAT element kind {kind!r}", f"use one of {list(ELEMENT_KINDS)}")
+            raise ConfigError(
+                where, f"unknown MAT element kind {kind!r}", f"use one of {list(ELEMENT_KINDS)}"
+            )
         found = self.find(kind, name)
         if found is not None:
             return found
@@ -131,7 +135,7 @@ class Vocabulary:
         raise ConfigError(
             where,
             f"unknown {kind} {name!r}",
-            f"{hint}known {kind}s: {', '.join(self._canonical[kind])}; "
+            f"{hint}known: {', '.join(self._canonical[kind])}; "
             f"add new ones with data.extra_elements.{kind}=[...]",
         )
 

@@ -1,0 +1,76 @@
+"""Shared plumbing of the Hydra command-line apps (``cgmed-data``, later train/eval).
+
+Config-group defaults live in the dataclasses (``DataConfig``, ``SplitConfig`` ...); they are
+registered here as each group's ``schema`` node, and the YAML files in ``conf/`` only state
+what differs. ``typed_config`` turns a composed config into the dataclasses once, at start-up.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cgmed.config import as_dict, build_config
+from cgmed.errors import CgmedError
+
+CONF_DIR = Path(os.environ.get("CGMED_CONF_DIR", Path(__file__).resolve().parents[2] / "conf"))
+
+
+def _schemas() -> dict[str, type]:
+    from cgmed.data.source import DataConfig
+    from cgmed.data.split import SplitConfig
+    from cgmed.data.synth import SynthConfig
+
+    return {"data": DataConfig, "split": SplitConfig, "synth": SynthConfig}
+
+
+def register_configs() -> None:
+    """Store every group's dataclass defaults as ``<group>/schema`` in Hydra's ConfigStore."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    for group, cls in _schemas().items():
+        cs.store(group=group, name="schema", node=as_dict(cls()))
+
+
+def typed_config(cfg: Any, groups: tuple[str, ...] = ("data", "split", "synth")) -> dict[str, Any]:
+    """Composed config -> {group: dataclass}; every problem is a ConfigError naming the key."""
+    schemas = _schemas()
+    return {g: build_config(schemas[g], cfg.get(g), g) for g in groups}
+
+
+def run_subcommands(
+    prog: str, commands: dict[str, Callable[[Any], None]], argv: list[str] | None = None
+) -> None:
+    """``prog COMMAND [overrides...]``: pick the command, then hand the overrides to Hydra."""
+    import hydra
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in commands:
+        names = " | ".join(commands)
+        print(f"usage: {prog} {{{names}}} [key=value ...]   (Hydra overrides; add --help for the config)")
+        sys.exit(0 if argv and argv[0] in ("-h", "--help") else 2)
+    name = argv.pop(0)
+    register_configs()
+    if not any(a.startswith("hydra.job.name=") for a in argv):
+        argv.append(f"hydra.job.name={prog.replace('cgmed-', '')}_{name}")
+
+    def task(cfg: Any) -> None:
+        try:
+            commands[name](cfg)
+        except CgmedError as err:
+            print(f"{prog} {name}: error: {err}", file=sys.stderr)
+            sys.exit(2)
+
+    sys.argv = [f"{prog} {name}", *argv]
+    hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(task)()
+
+
+def run_dir() -> Path:
+    """The Hydra run directory of the current job."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir)

@@ -1,0 +1,96 @@
+"""The catalog of a data root: which MAT subsets exist, their triplets, sizes and labels."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cgmed.data.source import BadSamples, Source
+from cgmed.data.subsets import SubsetInfo
+
+
+@dataclass
+class SubsetEntry:
+    info: SubsetInfo
+    train: int
+    test: int
+    has_test_file: bool
+    labels: dict[str, dict[str, int]] = field(default_factory=dict)  # label -> {"train": n, "test": n}
+
+    def to_json(self) -> dict[str, Any]:
+        i = self.info
+        return {
+            "id": i.id,
+            "modality": i.modality,
+            "area": i.area,
+            "task": i.task,
+            "name": i.name,
+            "status": i.status,
+            "train": self.train,
+            "test": self.test,
+            "test_file": self.has_test_file,
+            "labels": self.labels,
+        }
+
+
+@dataclass
+class Catalog:
+    root: str
+    subsets: dict[str, SubsetEntry]
+    bad: BadSamples
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "root": self.root,
+            "subsets": [e.to_json() for e in self.subsets.values()],
+            "totals": {
+                "subsets": len(self.subsets),
+                "train": sum(e.train for e in self.subsets.values()),
+                "test": sum(e.test for e in self.subsets.values()),
+            },
+            "bad_samples": self.bad.summary(),
+        }
+
+    def write(self, path: str | Path) -> None:
+        Path(path).write_text(
+            json.dumps(self.to_json(), indent=1, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
+
+    def table(self, max_labels: int = 4) -> str:
+        """A fixed-width table, one line per subset."""
+        head = f"{'id':<6}{'modality':<9}{'area':<11}{'task':<12}{'status':<7}{'train':>9}{'test':>8}  labels"
+        lines = [head, "-" * len(head)]
+        for e in self.subsets.values():
+            i = e.info
+            names = list(e.labels)
+            shown = ", ".join(names[:max_labels]) + (
+                f", ... (+{len(names) - max_labels})" if len(names) > max_labels else ""
+            )
+            lines.append(
+                f"{i.id:<6}{i.modality:<9}{i.area:<11}{i.task:<12}{i.status:<7}{e.train:>9}{e.test:>8}  "
+                f"[{len(names)}] {shown}"
+            )
+        t = self.to_json()["totals"]
+        lines.append(
+            f"{t['subsets']} subsets, {t['train']} train + {t['test']} test samples; bad samples: {self.bad.total}"
+        )
+        return "\n".join(lines)
+
+
+def build_catalog(source: Source, max_bad_examples: int = 10) -> Catalog:
+    """Index every subset once (streaming) and keep only counts; memory stays per-subset."""
+    bad = BadSamples(max_bad_examples)
+    entries: dict[str, SubsetEntry] = {}
+    for sid in source.subsets():
+        idx = source.index(sid, bad)
+        train, test = idx.label_counts("train"), idx.label_counts("test")
+        labels = {
+            lab: {"train": train.get(lab, 0), "test": test.get(lab, 0)}
+            for lab in sorted(idx.labels, key=str.lower)
+        }
+        entries[sid] = SubsetEntry(
+            idx.info, sum(train.values()), sum(test.values()), idx.has_test_file, labels
+        )
+    return Catalog(str(source.root), entries, bad)

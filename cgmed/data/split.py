@@ -1,0 +1,217 @@
+"""Which subsets go into training and which are held out: the CG selection rules.
+
+A *selector* is a subset id (``"04"``), a MAT pattern (``{modality: CT, area: Lung}``; every
+given element must match, the task matching after the merge rule), or a rule name:
+
+- ``related``: shares at least one MAT element with a target, is not a target;
+- ``unrelated``: shares no element with any target;
+- ``all``: every subset but the targets; ``none``: no training data (the Baseline).
+
+``without: [modality]`` drops related subsets that share the modality with a target (the
+paper's w/o Modality / Area / Task ablation). Only subsets whose status is in
+``train_status`` are trained on (detection subsets join only when asked for).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from cgmed.data.subsets import SubsetInfo, normalize_subset_id
+from cgmed.data.vocab import ELEMENT_KINDS, Vocabulary
+from cgmed.errors import ConfigError
+
+RULES = ("related", "unrelated", "all", "none")
+
+
+@dataclass
+class OptionsConfig:
+    """How multiple-choice questions are written."""
+
+    mode: Literal["keep", "rebuild"] = "keep"  # keep a source's own options, or rebuild every question
+    order: Literal["shuffle", "sorted"] = (
+        "shuffle"  # order of built options (sorted = fixed letters per label)
+    )
+    max_options: int = 4
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.max_options <= 10:
+            raise ConfigError("split.options.max_options", f"must be in 2..10, got {self.max_options}")
+
+
+@dataclass
+class SplitConfig:
+    """``split`` config group: one experiment's held-out targets and training selection."""
+
+    targets: list[Any] = field(default_factory=list)
+    train: Any = "related"  # a rule name, or a list of subset ids / MAT patterns
+    without: list[Literal["modality", "area", "task"]] = field(default_factory=list)
+    match_size_of: Any = None  # null | rule | list | {train: ..., without: [...]}: draw as many samples
+    train_status: list[str] = field(default_factory=lambda: ["ID", "OOD"])
+    cap_per_subset: int = 3000  # label-balanced cap per training subset (paper: 3,000)
+    max_train_samples: int | None = None  # cap on the whole training set (scaling study: 15,000)
+    test_per_label: int | None = None  # cap per label of each test set (null = as large as balance allows)
+    seen_test: bool = True  # also write seen_test.jsonl: test sets of the trained-on subsets
+    seed: int = 42
+    options: OptionsConfig = field(default_factory=OptionsConfig)
+    audit_images: bool = True  # hash image bytes in the leakage audit
+
+    def __post_init__(self) -> None:
+        check_selector(self.train, "split.train")
+        if self.match_size_of is not None:
+            if isinstance(self.match_size_of, Mapping):
+                unknown = set(self.match_size_of) - {"train", "without"}
+                if unknown:
+                    raise ConfigError(
+                        f"split.match_size_of.{sorted(unknown)[0]}", "unknown key", "use train / without"
+                    )
+                check_selector(self.match_size_of.get("train", "related"), "split.match_size_of.train")
+            else:
+                check_selector(self.match_size_of, "split.match_size_of")
+        if not isinstance(self.targets, list):
+            raise ConfigError("split.targets", "must be a list of subset ids or MAT patterns")
+        for i, t in enumerate(self.targets):
+            check_selector([t], f"split.targets[{i}]")
+        if self.cap_per_subset < 1:
+            raise ConfigError("split.cap_per_subset", "must be >= 1")
+        for key in ("max_train_samples", "test_per_label"):
+            v = getattr(self, key)
+            if v is not None and v < 1:
+                raise ConfigError(f"split.{key}", "must be >= 1 or null")
+
+
+def check_selector(sel: Any, key: str) -> None:
+    """Shape check of a selector (no data needed)."""
+    if isinstance(sel, str) and sel in RULES:
+        return
+    if isinstance(sel, (str, int)):
+        return  # a single subset id
+    if isinstance(sel, Sequence):
+        for i, item in enumerate(sel):
+            if isinstance(item, Mapping):
+                unknown = set(item) - set(ELEMENT_KINDS)
+                if unknown or not item:
+                    raise ConfigError(
+                        f"{key}[{i}]", f"a MAT pattern takes keys {list(ELEMENT_KINDS)}, got {sorted(item)}"
+                    )
+            elif isinstance(item, str) and item in RULES:
+                raise ConfigError(
+                    f"{key}[{i}]", f"rule {item!r} cannot be mixed into a list", f"write {key}={item}"
+                )
+            elif not isinstance(item, (str, int)):
+                raise ConfigError(f"{key}[{i}]", f"expected a subset id or a MAT pattern, got {item!r}")
+        return
+    raise ConfigError(
+        key, f"expected one of {list(RULES)}, a subset id, or a list of ids / MAT patterns; got {sel!r}"
+    )
+
+
+def resolve_pattern(pattern: Mapping[str, str], vocab: Vocabulary, key: str) -> dict[str, str]:
+    """Canonical element names of a pattern; unknown names raise ConfigError at start-up."""
+    return {k: vocab.canonical(k, str(v), f"{key}.{k}") for k, v in pattern.items()}
+
+
+def matches(info: SubsetInfo, pattern: Mapping[str, str], vocab: Vocabulary) -> bool:
+    if "modality" in pattern and info.modality != pattern["modality"]:
+        return False
+    if "area" in pattern and info.area != pattern["area"]:
+        return False
+    return not ("task" in pattern and pattern["task"] not in vocab.task_elements(info.task))
+
+
+def shared_elements(a: SubsetInfo, b: SubsetInfo, vocab: Vocabulary) -> set[str]:
+    """Which MAT elements two subsets share (the task after merging)."""
+    out = set()
+    if a.modality == b.modality:
+        out.add("modality")
+    if a.area == b.area:
+        out.add("area")
+    if vocab.share_task(a.task, b.task):
+        out.add("task")
+    return out
+
+
+def resolve_ids(
+    items: Sequence[Any], subsets: Mapping[str, SubsetInfo], vocab: Vocabulary, key: str
+) -> list[str]:
+    """Subset ids and patterns -> the ids they name, in catalog order; nothing matched is an error."""
+    chosen: set[str] = set()
+    for i, item in enumerate(items):
+        where = f"{key}[{i}]"
+        if isinstance(item, Mapping):
+            pat = resolve_pattern(item, vocab, where)
+            hit = {sid for sid, info in subsets.items() if matches(info, pat, vocab)}
+            if not hit:
+                raise ConfigError(
+                    where,
+                    f"MAT pattern {pat} matches no subset in the data",
+                    "run `cgmed-data catalog data.root=...` to list the subsets and their triplets",
+                )
+            chosen |= hit
+        else:
+            sid = normalize_subset_id(item)
+            if sid not in subsets:
+                raise ConfigError(
+                    where, f"unknown subset id {item!r}", f"subsets in the data are: {', '.join(subsets)}"
+                )
+            chosen.add(sid)
+    return [sid for sid in subsets if sid in chosen]
+
+
+def select_train(
+    selector: Any,
+    without: Sequence[str],
+    targets: Sequence[str],
+    subsets: Mapping[str, SubsetInfo],
+    vocab: Vocabulary,
+    train_status: Sequence[str],
+    key: str = "split.train",
+) -> list[str]:
+    """The training subsets named by ``selector`` (rule or explicit list).
+
+    Explicit lists are taken as written (a target in one is caught by the leakage audit,
+    which names it); rules never return a target and respect ``train_status``.
+    """
+    if not (isinstance(selector, str) and selector in RULES):
+        items = selector if isinstance(selector, Sequence) and not isinstance(selector, str) else [selector]
+        return resolve_ids(items, subsets, vocab, key)
+    if selector == "none":
+        return []
+    tinfo = [subsets[t] for t in targets]
+    out = []
+    for sid, info in subsets.items():
+        if sid in targets or info.status not in train_status:
+            continue
+        shared = set().union(*(shared_elements(info, t, vocab) for t in tinfo)) if tinfo else set()
+        if selector == "related" and not shared:
+            continue
+        if selector == "unrelated" and shared:
+            continue
+        if selector == "related" and shared & set(without):
+            continue
+        out.append(sid)
+    return out
+
+
+def balanced_quota(available: Mapping[str, int], total: int) -> dict[str, int]:
+    """Split ``total`` over keys as evenly as availability allows (water-filling).
+
+    Used for labels within a subset (label balance) and for subsets within a size-matched
+    or capped training set. Ties in the remainder go to keys in sorted order.
+    """
+    keys = sorted(available)
+    quota = {k: 0 for k in keys}
+    remaining = min(total, sum(available.values()))
+    open_keys = [k for k in keys if available[k] > 0]
+    while remaining > 0 and open_keys:
+        share = max(1, remaining // len(open_keys))
+        for k in list(open_keys):
+            take = min(share, available[k] - quota[k], remaining)
+            quota[k] += take
+            remaining -= take
+            if quota[k] >= available[k]:
+                open_keys.remove(k)
+            if remaining == 0:
+                break
+    return quota
