@@ -157,16 +157,21 @@ def parse_question_choice(text: str) -> tuple[str, list[str]]:
     lines = text.replace("\r\n", "\n").split("\n")
     start = None
     for i, line in enumerate(lines):
-        m = _OPTION_LINE.match(line)
-        if m and m.group(1) == "A":
-            start = i
-            break
+        if line.lstrip()[:1] == "A":
+            m = _OPTION_LINE.match(line)
+            if m and m.group(1) == "A":
+                start = i
+                break
     if start is None:
         raise ValueError("no option lines ('A: ...' or 'A. ...') found in Question-choice")
     options: list[str] = []
     for line in lines[start:]:
+        want = LETTERS[len(options)] if len(options) < len(LETTERS) else None
+        if want and line[:1] == want and line[1:2] in (":", ".") and len(line) > 2:
+            options.append(line[2:].strip())  # fast path for the released "A: x" layout
+            continue
         m = _OPTION_LINE.match(line)
-        if not m or m.group(1) != LETTERS[len(options)]:
+        if not m or m.group(1) != want:
             break
         options.append(m.group(2).strip())
     rest = [ln for ln in lines[start + len(options) :] if ln.strip()]
@@ -181,6 +186,9 @@ def parse_question_choice(text: str) -> tuple[str, list[str]]:
 
 def same_label(a: str, b: str) -> bool:
     """Label equality tolerant of case, spacing and the order of comma-joined multi-labels."""
+
+    if a == b:
+        return True
 
     def key(s: str) -> tuple[str, ...]:
         return tuple(sorted(p.strip().lower() for p in str(s).split(",") if p.strip()))

@@ -108,7 +108,8 @@ def iter_records(path: str | Path, chunk_size: int = CHUNK) -> Iterator[tuple[in
                         raise DataError(
                             str(path), f"malformed JSON in record {n} at byte {base + pos}: {err.msg}"
                         ) from None
-            yield base + pos, _fix_text(obj)
+            # Text written with ensure_ascii (json.dump's default) needs no re-decoding.
+            yield base + pos, (obj if buf.isascii() or buf[pos:end].isascii() else _fix_text(obj))
             pos = end
             n += 1
 
