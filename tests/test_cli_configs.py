@@ -81,3 +81,23 @@ def test_cli_config_errors_name_the_key(small_release, tmp_path):
     assert res.returncode == 2 and "data.on_bad_sample" in res.stderr and "['fail', 'skip']" in res.stderr
     res = cli("frobnicate", cwd=tmp_path)
     assert res.returncode == 2 and "usage: cgmed-data" in res.stdout
+
+
+def test_cli_synth_then_default_world_build(tmp_path):
+    small = ["synth.images_per_subset=20", "synth.image_size=32"]
+    res = cli("synth", f"out={tmp_path / 'world'}", *small, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["subsets"] == 18
+    # no data.root: the synthetic world is generated into data.cache_dir and used
+    out = tmp_path / "split"
+    args = ["build", "experiment=demo_data", f"data.cache_dir={tmp_path / 'cache'}", *small, f"hydra.run.dir={out}"]
+    res = cli(*args, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    meta = json.loads((out / "split_meta.json").read_text())
+    assert meta["data_root"].startswith(str(tmp_path / "cache" / "synth-"))
+    assert [(t["modality"], t["area"], t["task"]) for t in meta["targets"]] == [("CT", "Lung", "Cancer")]
+    first = (out / "train.jsonl").read_bytes()
+    res = cli(*args[:-1], f"hydra.run.dir={tmp_path / 'again'}", cwd=tmp_path)  # cached world, same bytes
+    assert res.returncode == 0 and (tmp_path / "again" / "train.jsonl").read_bytes() == first
+    res = cli("synth", cwd=tmp_path)
+    assert res.returncode == 2 and "config key 'out'" in res.stderr

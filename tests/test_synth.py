@@ -1,0 +1,385 @@
+"""The synthetic MAT world: release layout, determinism, config checks and learnable pixels."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import random
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cgmed.data import synth
+from cgmed.data.choices import LETTERS, parse_question_choice
+from cgmed.data.synth import SynthConfig, render, write_release
+from cgmed.data.vocab import AREAS, MODALITIES
+from cgmed.errors import ConfigError, DataError
+
+FIELDS = {"id", "caption", "image", "Question", "Answer", "Question-choice", "Answer-choice", "data-no"}
+
+
+def small(**kw) -> SynthConfig:
+    """A world that writes in a fraction of a second."""
+    base = dict(modalities=["CT", "MRI"], areas=["Lung", "Brain"], images_per_subset=12, image_size=32)
+    base.update(kw)
+    return SynthConfig(**base)
+
+
+def read(path: Path) -> list[dict]:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def digests(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in root.rglob("*")
+        if p.is_file()
+    }
+
+
+def pixels(img: Image.Image) -> np.ndarray:
+    return np.asarray(img, dtype=np.int32)
+
+
+def organ_mask(img: Image.Image, modality: str) -> np.ndarray:
+    """Pixels nearer the modality's organ colour than its background colour."""
+    pal = synth.palette(modality)
+    a = pixels(img)
+    to_organ = np.linalg.norm(a - np.array(pal.organ), axis=-1)
+    to_bg = np.linalg.norm(a - np.array(pal.background), axis=-1)
+    return to_organ < to_bg
+
+
+def pair(modality, area, task, label, other, seed=7, size=64, labels=None):
+    """The same RNG state rendered twice: ``label`` and ``other``."""
+    a = render(modality, area, task, label, random.Random(seed), size, labels=labels)
+    b = render(modality, area, task, other, random.Random(seed), size, labels=labels)
+    return pixels(a), pixels(b)
+
+
+# ------------------------------------------------------------------ layout
+
+
+def test_layout_records_and_catalog(tmp_path):
+    cfg = small()
+    summary = write_release(cfg, tmp_path)
+    assert summary["root"] == str(tmp_path)
+    assert summary["subsets"] == 8 and summary["images"] == 8 * 12
+    assert isinstance(summary["seconds"], float)
+
+    catalog = json.loads((tmp_path / "cgmed_catalog.json").read_text())
+    assert catalog["format"] == "cgmed-catalog/1" and catalog["name"] == "synthetic" and catalog["seed"] == 0
+    # M outer, A middle, T inner
+    expected = [(m, a, t) for m in ("CT", "MRI") for a in ("Lung", "Brain") for t in ("Cancer", "Diseases")]
+    listed = [(e["modality"], e["area"], e["task"]) for e in catalog["subsets"]]
+    assert listed == expected == cfg.triplets()
+    assert [e["id"] for e in catalog["subsets"]] == [f"{i:02d}" for i in range(1, 9)]
+    first = catalog["subsets"][0]
+    assert first["name"] == "Synthetic CT Lung Cancer" and first["status"] == "ID"
+    assert first["labels"] == ["Normal", "Tumor"]
+
+    agg = tmp_path / "Aggregated_Subsets"
+    for entry in catalog["subsets"]:
+        sid = entry["id"]
+        for split in ("train", "test"):
+            path = agg / f"Subset--{sid}-{split}.json"
+            text = path.read_text(encoding="utf-8")
+            records = read(path)
+            # one record per line inside the array
+            assert text.startswith("[\n{") and text.rstrip().endswith("}\n]")
+            assert len(text.strip().splitlines()) == len(records) + 2
+            ids = [r["id"] for r in records]
+            assert len(set(ids)) == len(ids) and all(isinstance(i, int) for i in ids)
+            for r in records:
+                assert set(r) == FIELDS
+                assert r["caption"] == r["Answer"] and r["caption"] in entry["labels"]
+                assert r["data-no"] == str(1000 + int(sid))
+                instruction, options = parse_question_choice(r["Question-choice"])
+                assert instruction == r["Question"]
+                assert options[LETTERS.index(r["Answer-choice"])] == r["caption"]
+                assert len(options) == min(4, len(entry["labels"]))
+                assert sorted(options) == sorted(entry["labels"])  # every label fits in 4 options here
+                assert r["image"].startswith("med-mat/Synth ")
+                assert " " in r["image"] and "(" in r["image"] and ")" in r["image"]
+                assert f"/{r['caption']}/{r['caption']}- (" in r["image"]
+                img_path = tmp_path / r["image"]
+                assert img_path.is_file()
+            with Image.open(tmp_path / records[0]["image"]) as im:
+                assert im.format == "PNG" and im.mode == "RGB" and im.size == (32, 32)
+    # train and test ids do not collide either: one id per image of the subset
+    train, test = read(agg / "Subset--01-train.json"), read(agg / "Subset--01-test.json")
+    assert not {r["id"] for r in train} & {r["id"] for r in test}
+    assert len({r["image"] for r in train + test}) == 12
+
+
+def test_names_are_canonicalised():
+    cfg = SynthConfig(modalities=["xray", "mr"], areas=["lungs"], tasks={"tumour": ["Normal", "Tumor"]})
+    assert cfg.modalities == ["X-ray", "MRI"] and cfg.areas == ["Lung"]
+    assert list(cfg.tasks) == ["Cancer"]
+    assert cfg.triplets() == [("X-ray", "Lung", "Cancer"), ("MRI", "Lung", "Cancer")]
+    # None stays "every combination", so replacing a list re-derives the subsets
+    assert cfg.combinations is None
+    assert dataclasses.replace(cfg, areas=["Bones"]).triplets()[0] == ("X-ray", "Bones", "Cancer")
+
+
+def test_combinations_choose_and_order_subsets(tmp_path):
+    cfg = small(combinations=[["mri", "brain", "diseases"], ["CT", "Lung", "Cancer"]])
+    write_release(cfg, tmp_path)
+    catalog = json.loads((tmp_path / "cgmed_catalog.json").read_text())
+    assert [(e["id"], e["modality"], e["area"], e["task"]) for e in catalog["subsets"]] == [
+        ("01", "MRI", "Brain", "Diseases"),
+        ("02", "CT", "Lung", "Cancer"),
+    ]
+    assert sorted(p.name for p in (tmp_path / "Aggregated_Subsets").iterdir()) == [
+        "Subset--01-test.json",
+        "Subset--01-train.json",
+        "Subset--02-test.json",
+        "Subset--02-train.json",
+    ]
+
+
+# ------------------------------------------------------------------ determinism
+
+
+def test_same_config_gives_identical_bytes(tmp_path):
+    cfg = small(modalities=["CT"], areas=["Lung", "Bones"])
+    write_release(cfg, tmp_path / "a")
+    write_release(cfg, tmp_path / "b")
+    a, b = digests(tmp_path / "a"), digests(tmp_path / "b")
+    assert a == b and len(a) == 4 * 12 + 8 + 1
+
+    write_release(small(modalities=["CT"], areas=["Lung", "Bones"], seed=1), tmp_path / "c")
+    c = digests(tmp_path / "c")
+    assert set(c) == set(a)
+    pngs = [k for k in a if k.endswith(".png")]
+    assert sum(a[k] != c[k] for k in pngs) > len(pngs) // 2
+    assert a["Aggregated_Subsets/Subset--01-train.json"] != c["Aggregated_Subsets/Subset--01-train.json"]
+
+
+def test_option_order_does_not_change_images(tmp_path):
+    write_release(small(modalities=["CT"], areas=["Lung"]), tmp_path / "a")
+    write_release(small(modalities=["CT"], areas=["Lung"], option_order="sorted"), tmp_path / "b")
+    a, b = digests(tmp_path / "a"), digests(tmp_path / "b")
+    assert all(a[k] == b[k] for k in a if k.endswith(".png"))
+    for r in read(tmp_path / "b" / "Aggregated_Subsets" / "Subset--02-train.json"):
+        _, options = parse_question_choice(r["Question-choice"])
+        assert options == sorted(options, key=str.lower)
+
+
+def test_render_is_a_function_of_its_inputs():
+    a = render("OCT", "Retina", "Diseases", "Cyst", random.Random(3), 48)
+    b = render("OCT", "Retina", "Diseases", "Cyst", random.Random(3), 48)
+    assert a.tobytes() == b.tobytes() and a.size == (48, 48)
+    # unknown elements fall back to deterministic looks instead of failing
+    c = render("PET", "Spleen", "Staging", "Stage II", random.Random(3), 48)
+    d = render("PET", "Spleen", "Staging", "Stage II", random.Random(3), 48)
+    assert c.tobytes() == d.tobytes()
+
+
+# ------------------------------------------------------------------ test files and balance
+
+
+@pytest.mark.parametrize(
+    ("mode", "with_test"),
+    [("all", {"01", "02", "03", "04"}), ("none", set()), ("alternate", {"01", "03"})],
+)
+def test_test_file_modes(tmp_path, mode, with_test):
+    cfg = small(modalities=["CT"], test_file=mode, images_per_subset=20, test_fraction=0.25)
+    write_release(cfg, tmp_path)
+    agg = tmp_path / "Aggregated_Subsets"
+    for sid in ("01", "02", "03", "04"):
+        train = read(agg / f"Subset--{sid}-train.json")
+        test_path = agg / f"Subset--{sid}-test.json"
+        if sid in with_test:
+            assert len(read(test_path)) == 5 and len(train) == 15
+        else:
+            assert not test_path.exists() and len(train) == 20
+
+
+def test_rewrite_replaces_stale_files(tmp_path):
+    write_release(small(modalities=["CT"], areas=["Lung"]), tmp_path)
+    write_release(
+        small(modalities=["CT"], areas=["Lung"], test_file="none", tasks={"Cancer": ["Normal", "Tumor"]}),
+        tmp_path,
+    )
+    assert sorted(p.name for p in (tmp_path / "Aggregated_Subsets").iterdir()) == ["Subset--01-train.json"]
+    assert [p.name for p in (tmp_path / "med-mat").iterdir()] == ["Synth CT_Lung (Cancer)"]
+
+
+def test_refuses_to_write_over_a_real_release(tmp_path):
+    (tmp_path / "Aggregated_Subsets").mkdir()
+    (tmp_path / "Aggregated_Subsets" / "Subset--02-train.json").write_text("[]")
+    (tmp_path / "med-mat" / "CT_Kindney_Dataset").mkdir(parents=True)
+    with pytest.raises(DataError, match="did not write"):
+        write_release(small(), tmp_path)
+    assert (tmp_path / "Aggregated_Subsets" / "Subset--02-train.json").exists()
+
+
+def test_labels_are_balanced(tmp_path):
+    cfg = small(modalities=["CT"], areas=["Lung"], images_per_subset=31, test_fraction=0.2)
+    write_release(cfg, tmp_path)
+    agg = tmp_path / "Aggregated_Subsets"
+    for sid, labels in (("01", cfg.tasks["Cancer"]), ("02", cfg.tasks["Diseases"])):
+        train, test = read(agg / f"Subset--{sid}-train.json"), read(agg / f"Subset--{sid}-test.json")
+        assert len(test) == round(31 * 0.2)
+        for records in (train, test, train + test):
+            counts = Counter(r["caption"] for r in records)
+            assert set(counts) == set(labels)
+            assert max(counts.values()) - min(counts.values()) <= 1
+        # the image number counts per label
+        numbers = [r["image"] for r in train + test]
+        assert len(set(numbers)) == len(numbers)
+
+
+# ------------------------------------------------------------------ config errors
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "key"),
+    [
+        ({"modalities": ["CT", "Xrayy-scan"]}, "synth.modalities"),
+        ({"modalities": []}, "synth.modalities"),
+        ({"modalities": ["CT", "ct"]}, "synth.modalities"),
+        ({"areas": ["Lung", "Elbow-ish"]}, "synth.areas"),
+        ({"tasks": {"Cancer": ["Tumor"]}}, "synth.tasks.Cancer"),
+        ({"tasks": {"Cancer": ["Tumor", "tumor"]}}, "synth.tasks.Cancer"),
+        ({"tasks": {"Cancer": ["Normal", "a/b"]}}, "synth.tasks.Cancer"),
+        ({"tasks": {"Detection": ["Normal", "Tumor"]}}, "synth.tasks.Detection"),
+        ({"tasks": {"Nonsense": ["Normal", "Tumor"]}}, "synth.tasks"),
+        ({"combinations": [["CT", "Lung", "Level"]]}, "synth.combinations[0]"),
+        ({"combinations": [["CT", "Lung"]]}, "synth.combinations[0]"),
+        ({"image_size": 8}, "synth.image_size"),
+        ({"image_size": 1024}, "synth.image_size"),
+        ({"test_fraction": 1.0}, "synth.test_fraction"),
+        ({"test_fraction": 0.0}, "synth.test_fraction"),
+        ({"test_file": "some"}, "synth.test_file"),
+        ({"option_order": "random"}, "synth.option_order"),
+        ({"images_per_subset": 5}, "synth.images_per_subset"),
+        ({"images_per_subset": 6, "test_fraction": 0.6}, "synth.test_fraction"),
+    ],
+)
+def test_bad_config(kwargs, key):
+    with pytest.raises(ConfigError) as err:
+        small(**kwargs)
+    assert err.value.key == key
+    assert key in str(err.value)
+
+
+def test_zero_test_fraction_is_fine_without_test_files():
+    assert small(test_fraction=0.0, test_file="none").test_count(1) == 0
+
+
+# ------------------------------------------------------------------ pixels: three separate factors
+
+
+def test_modality_sets_the_colours():
+    means = {
+        m: pixels(render(m, "Lung", "Cancer", "Normal", random.Random(1), 64)).reshape(-1, 3).mean(0)
+        for m in MODALITIES
+    }
+    names = list(means)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            assert np.linalg.norm(means[a] - means[b]) > 8, (a, b)
+
+
+def test_area_sets_the_outline():
+    masks = {a: organ_mask(render("CT", a, "Cancer", "Normal", random.Random(1), 64), "CT") for a in AREAS}
+    for a, m in masks.items():
+        assert 0.1 < m.mean() < 0.9, a  # organ and background both visible
+    names = list(masks)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            iou = (masks[a] & masks[b]).sum() / (masks[a] | masks[b]).sum()
+            assert iou < 0.85, (a, b, iou)
+    # the outline does not depend on the modality
+    mri = organ_mask(render("MRI", "Brain", "Cancer", "Normal", random.Random(1), 64), "MRI")
+    assert (mri == masks["Brain"]).mean() > 0.97
+
+
+@pytest.mark.parametrize("size", [32, 64])
+@pytest.mark.parametrize(
+    ("task", "label"), [("Cancer", "Tumor"), ("Diseases", "Cyst"), ("Diseases", "Stone")]
+)
+def test_label_draws_a_visible_finding_inside_the_organ(size, task, label):
+    for modality in ("CT", "MRI", "X-ray", "FP", "Mic"):
+        for area in ("Lung", "Brain", "Bones", "Mouth", "Cervix"):
+            sick, normal = pair(modality, area, task, label, "Normal", seed=11, size=size)
+            changed = np.any(sick != normal, axis=-1)
+            assert changed.sum() >= 8, (modality, area)
+            organ = organ_mask(Image.fromarray(normal.astype(np.uint8)), modality)
+            assert organ[changed].all(), (modality, area)  # never on the background
+            organ_colour = np.array(synth.palette(modality).organ)
+            contrast = np.linalg.norm(sick[changed] - organ_colour, axis=-1)
+            assert contrast.min() > 90, (modality, area)
+
+
+def test_same_label_looks_the_same_under_every_modality():
+    sick_ct, normal_ct = pair("CT", "Lung", "Cancer", "Tumor", "Normal", seed=5)
+    sick_mri, normal_mri = pair("MRI", "Lung", "Cancer", "Tumor", "Normal", seed=5)
+    finding_ct = np.any(sick_ct != normal_ct, axis=-1)
+    finding_mri = np.any(sick_mri != normal_mri, axis=-1)
+    # same place, same shape, same colour; everything else is the modality's
+    assert (finding_ct == finding_mri).all()
+    assert (sick_ct[finding_ct] == sick_mri[finding_mri]).all()
+    assert np.abs(sick_ct[~finding_ct] - sick_mri[~finding_ct]).sum(-1).mean() > 40
+
+
+def test_same_label_looks_the_same_in_every_area():
+    found = {}
+    for area in ("Lung", "Brain", "Bones", "Kidney"):
+        sick, normal = pair("CT", area, "Diseases", "Stone", "Normal", seed=9)
+        changed = np.any(sick != normal, axis=-1)
+        found[area] = (changed.sum(), {tuple(c) for c in sick[changed]})
+    sizes = [n for n, _ in found.values()]
+    assert max(sizes) <= 1.25 * min(sizes)
+    assert len({frozenset(c) for _, c in found.values()}) == 1  # one colour, whatever the organ
+
+
+def test_labels_of_a_task_look_different():
+    tumor, cyst = pair("CT", "Lung", "Diseases", "Tumor", "Cyst", labels=["Cyst", "Tumor", "Normal"])
+    assert np.any(tumor != cyst, axis=-1).sum() >= 20
+    assert synth.finding_for("Cancer", "Normal") is None and synth.finding_for("Cancer", "NORMAL ") is None
+    assert synth.finding_for("Cancer", "Tumor").kind == "disc"
+    assert synth.finding_for("Diseases", "Cyst").kind == "ring"
+    assert synth.finding_for("Diseases", "Stone").kind == "square"
+    labels = ["Normal", "Glioma", "Meningioma", "Pituitary", "Tumor", "Cyst"]
+    looks = [synth.finding_for("Diseases", x, labels) for x in labels[1:]]
+    assert len(set(looks)) == len(looks)
+    levels = ["Level 0", "Level 1", "Level 2", "Level 3", "Level 4"]
+    assert [synth.finding_for("Level", x, levels).count for x in levels] == [1, 2, 3, 4, 5]
+    words = ["Normal", "Severe", "Mild", "Proliferative", "Moderate"]
+    assert [synth.finding_for("Level", x, words) for x in words][0] is None
+    assert [synth.finding_for("Level", x, words).count for x in words[1:]] == [3, 1, 4, 2]
+    mixed = ["Grade 1", "Grade 2", "Severe", "Unknown grade", "Grade 7"]
+    looks = [synth.finding_for("Level", x, mixed) for x in mixed]
+    assert len(set(looks)) == len(looks)  # clashes and more than MAX_DOTS levels stay apart
+
+
+def test_every_finding_fits_inside_every_organ():
+    """Placement guarantee: the finding's whole extent lies within the organ (from 32 px up)."""
+    findings = [synth.Finding(k, synth.YELLOW) for k in synth.KINDS]
+    findings += [synth.Finding("dots", synth.YELLOW, n) for n in range(1, synth.MAX_DOTS + 1)]
+    for area in [*AREAS, "Spleen"]:
+        shape = synth.area_shape(area)
+        for f in findings:
+            for size in (32, 64):
+                for seed in range(6):
+                    rng = random.Random(seed)
+                    sc = rng.uniform(0.94, 1.06)
+                    _, _, _, extent, room = synth._place(f, shape, rng, size, sc, 0.0, 0.0)
+                    assert extent <= room + 1e-9, (area, f, size)
+
+
+def test_finding_colours_contrast_with_every_organ():
+    for m in [*MODALITIES, "PET", "Thermography"]:
+        pal = synth.palette(m)
+        assert (
+            min(np.linalg.norm(np.subtract(pal.organ, c)) for c in synth.FINDING_COLOURS)
+            >= synth.MIN_CONTRAST
+        )
+    assert len({synth.palette(m) for m in MODALITIES}) == len(MODALITIES)
