@@ -1,0 +1,290 @@
+"""Backbone adapters: what cgmed needs to know about each vision-language model family.
+
+One frozen :class:`BackboneAdapter` per family holds
+
+* where the vision tower, the projector and the language model live, as prefixes of the
+  names in ``model.named_parameters()`` of the transformers 5.x class (for freezing, LoRA
+  targets and per-part learning rates; a test checks them on real instances);
+* how one multiple-choice sample becomes a chat (one image + the question in the user
+  turn, the answer letter in the assistant turn) through the processor's chat template,
+  and which token closes the assistant answer (it carries a label, see ``collate.py``);
+* the image-size knobs the family's processor takes (``min_pixels`` / ``max_pixels`` for
+  Qwen, whose visual token count grows with the picture);
+* ``load()``: ``AutoModelForImageTextToText`` / ``AutoProcessor.from_pretrained``, the same
+  call for a hub id and for a local directory (tests load checkpoints from ``tiny.py``).
+
+    adapter = get_adapter(detect_family(path))
+    model, processor = adapter.load(path, dtype="bfloat16", max_pixels=448 * 448)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from cgmed.errors import ConfigError
+
+Part = Literal["vision", "projector", "language"]
+PARTS: tuple[Part, ...] = ("vision", "projector", "language")
+_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class BackboneAdapter:
+    """Family-specific facts and the chat formatting of one VLM family.
+
+    ``eot_token`` closes the assistant answer and is trained on; ``append_eot`` is set for
+    families whose hub chat template leaves the assistant turn open (llava-hf's template
+    ends the answer with a space, while LLaVA-1.5 was trained on ``ASSISTANT: B</s>``).
+    ``pixel_knobs`` are the processor arguments that bound image resolution (empty when
+    the family resizes to a fixed size).
+    """
+
+    family: str
+    model_types: tuple[str, ...]
+    example_hub_id: str
+    vision_prefixes: tuple[str, ...]
+    projector_prefixes: tuple[str, ...]
+    language_prefixes: tuple[str, ...]
+    image_token: str
+    eot_token: str
+    append_eot: bool = False
+    pixel_knobs: tuple[str, ...] = ()
+
+    # ------------------------------------------------------------------ parameter names
+
+    @property
+    def prefixes(self) -> dict[Part, tuple[str, ...]]:
+        """``{"vision": (...), "projector": (...), "language": (...)}``."""
+        return {
+            "vision": self.vision_prefixes,
+            "projector": self.projector_prefixes,
+            "language": self.language_prefixes,
+        }
+
+    def part_of(self, name: str) -> Part | None:
+        """Which part a parameter name belongs to (None if no prefix matches)."""
+        for part, prefixes in self.prefixes.items():
+            if name.startswith(prefixes):
+                return part
+        return None
+
+    def split_parameters(self, model: Any) -> dict[Part, list[tuple[str, Any]]]:
+        """Group ``model.named_parameters()`` by part; raises if a parameter fits no part.
+
+        A parameter outside every prefix means the adapter no longer matches the installed
+        transformers version: freezing it silently (or not) would be a wrong experiment.
+        """
+        groups: dict[Part, list[tuple[str, Any]]] = {p: [] for p in PARTS}
+        stray = []
+        for name, param in model.named_parameters():
+            part = self.part_of(name)
+            if part is None:
+                stray.append(name)
+            else:
+                groups[part].append((name, param))
+        if stray:
+            raise ConfigError(
+                "model.family",
+                f"{len(stray)} parameters of {type(model).__name__} match none of the {self.family} "
+                f"adapter's prefixes, e.g. {stray[:3]}",
+                "update the prefixes in cgmed/models/registry.py for this transformers version",
+            )
+        return groups
+
+    # ------------------------------------------------------------------ chat formatting
+
+    @staticmethod
+    def messages(question: str, answer: str | None = None) -> list[dict[str, Any]]:
+        """The conversation: a user turn with one image then the question; the answer if given."""
+        conv: list[dict[str, Any]] = [
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}
+        ]
+        if answer is not None:
+            conv.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
+        return conv
+
+    def render(self, processor: Any, question: str, answer: str | None = None) -> str:
+        """Chat-template text (one image placeholder, not yet expanded).
+
+        Without ``answer``: the prompt ending with the generation prompt (what the model
+        sees at inference). With ``answer``: the whole conversation, the answer closed by
+        ``eot_token``.
+        """
+        if answer is None:
+            return processor.apply_chat_template(self.messages(question), add_generation_prompt=True)
+        text = processor.apply_chat_template(self.messages(question, answer), add_generation_prompt=False)
+        if self.append_eot and not text.rstrip().endswith(self.eot_token):
+            text = text.rstrip() + self.eot_token
+        return text
+
+    # ------------------------------------------------------------------ loading
+
+    def processor_kwargs(self, **knobs: Any) -> dict[str, Any]:
+        """Validate image-size knobs (``min_pixels``/``max_pixels``...) for this family."""
+        out = {}
+        for key, value in knobs.items():
+            if value is None:
+                continue
+            if key in ("min_pixels", "max_pixels"):
+                if key not in self.pixel_knobs:
+                    raise ConfigError(
+                        f"model.{key}",
+                        f"the {self.family} processor resizes images to a fixed size and takes no {key}",
+                        f"remove model.{key} (it applies to the Qwen families only)",
+                    )
+                if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                    raise ConfigError(
+                        f"model.{key}",
+                        f"must be a positive integer, got {value!r}",
+                        f"e.g. model.{key}={448 * 448}",
+                    )
+            out[key] = value
+        lo, hi = out.get("min_pixels"), out.get("max_pixels")
+        if lo is not None and hi is not None and lo > hi:
+            raise ConfigError(
+                "model.min_pixels",
+                f"min_pixels {lo} exceeds max_pixels {hi}",
+                "set model.min_pixels <= model.max_pixels",
+            )
+        return out
+
+    def load(
+        self,
+        path_or_hub_id: str | Path,
+        dtype: Any = "auto",
+        trust_remote_code: bool = False,
+        **processor_kwargs: Any,
+    ) -> tuple[Any, Any]:
+        """Load ``(model, processor)`` with ``AutoModelForImageTextToText`` / ``AutoProcessor``.
+
+        ``dtype`` is a torch dtype or one of ``auto``, ``float32``, ``bfloat16``, ``float16``.
+        ``processor_kwargs`` go to ``AutoProcessor.from_pretrained`` (for the Qwen family,
+        ``min_pixels`` / ``max_pixels`` bound each image's visual tokens). Raises ConfigError
+        when the checkpoint belongs to another family.
+        """
+        from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+        ref = str(path_or_hub_id)
+        kwargs = self.processor_kwargs(**processor_kwargs)
+        config = AutoConfig.from_pretrained(ref, trust_remote_code=trust_remote_code)
+        if config.model_type not in self.model_types:
+            raise ConfigError(
+                "model.family",
+                f"{ref} is a {config.model_type!r} checkpoint, not {self.family}",
+                f"set model.family={_family_of_model_type(config.model_type) or '<a known family>'}",
+            )
+        model = AutoModelForImageTextToText.from_pretrained(
+            ref, config=config, dtype=_torch_dtype(dtype), trust_remote_code=trust_remote_code
+        )
+        processor = AutoProcessor.from_pretrained(ref, trust_remote_code=trust_remote_code, **kwargs)
+        return model, processor
+
+
+def _torch_dtype(dtype: Any) -> Any:
+    import torch
+
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise ConfigError("model.dtype", f"unknown dtype {dtype!r}", f"use one of {list(_DTYPES)}")
+    return dtype if dtype == "auto" else getattr(torch, dtype)
+
+
+# Prefixes checked against transformers 5.24 instances (tests/test_models_registry.py).
+_QWEN_PARTS = dict(
+    # The Qwen vision tower holds its own projector ("merger": 2x2 patch merge + MLP).
+    vision_prefixes=("model.visual.patch_embed.", "model.visual.blocks."),
+    projector_prefixes=("model.visual.merger.",),
+    language_prefixes=("model.language_model.", "lm_head."),
+    image_token="<|image_pad|>",
+    eot_token="<|im_end|>",
+    pixel_knobs=("min_pixels", "max_pixels"),
+)
+
+ADAPTERS: dict[str, BackboneAdapter] = {
+    a.family: a
+    for a in (
+        BackboneAdapter(
+            family="qwen2_vl",
+            model_types=("qwen2_vl",),
+            example_hub_id="Qwen/Qwen2-VL-7B-Instruct",
+            **_QWEN_PARTS,
+        ),
+        BackboneAdapter(
+            family="qwen2_5_vl",
+            model_types=("qwen2_5_vl",),
+            example_hub_id="Qwen/Qwen2.5-VL-7B-Instruct",
+            **_QWEN_PARTS,
+        ),
+        BackboneAdapter(
+            family="llava",
+            model_types=("llava",),
+            example_hub_id="llava-hf/llava-1.5-7b-hf",
+            vision_prefixes=("model.vision_tower.",),
+            projector_prefixes=("model.multi_modal_projector.",),
+            language_prefixes=("model.language_model.", "lm_head."),
+            image_token="<image>",
+            eot_token="</s>",
+            append_eot=True,
+        ),
+        BackboneAdapter(
+            family="mllama",
+            model_types=("mllama",),
+            example_hub_id="meta-llama/Llama-3.2-11B-Vision-Instruct",
+            vision_prefixes=("model.vision_model.",),
+            projector_prefixes=("model.multi_modal_projector.",),
+            # The gated cross-attention layers that read the image sit inside the language
+            # model's layer stack, so they count as language model here.
+            language_prefixes=("model.language_model.", "lm_head."),
+            image_token="<|image|>",
+            eot_token="<|eot_id|>",
+        ),
+    )
+}
+
+FAMILIES: tuple[str, ...] = tuple(ADAPTERS)
+
+
+def get_adapter(family: str) -> BackboneAdapter:
+    """The adapter of ``family``; ConfigError(key="model.family") listing the known ones otherwise."""
+    try:
+        return ADAPTERS[family]
+    except (KeyError, TypeError):
+        raise ConfigError(
+            "model.family",
+            f"unknown model family {family!r}; known: {list(FAMILIES)}",
+            f"set model.family to one of {list(FAMILIES)}",
+        ) from None
+
+
+def _family_of_model_type(model_type: str) -> str | None:
+    for adapter in ADAPTERS.values():
+        if model_type in adapter.model_types:
+            return adapter.family
+    return None
+
+
+def detect_family(path: str | Path) -> str:
+    """The family of a local checkpoint directory, from ``config.json``'s ``model_type``."""
+    config = Path(path) / "config.json"
+    try:
+        model_type = json.loads(config.read_text())["model_type"]
+    except FileNotFoundError:
+        raise ConfigError(
+            "model.path",
+            f"{config} does not exist",
+            "point model.path at a checkpoint directory holding config.json",
+        ) from None
+    except (KeyError, json.JSONDecodeError) as err:
+        raise ConfigError("model.path", f"{config} has no readable model_type ({err})") from None
+    family = _family_of_model_type(model_type)
+    if family is None:
+        raise ConfigError(
+            "model.family",
+            f"{config} has model_type {model_type!r}, which no adapter handles; known: {list(FAMILIES)}",
+            "set model.family explicitly or add an adapter",
+        )
+    return family
