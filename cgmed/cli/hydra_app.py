@@ -23,8 +23,10 @@ def _schemas() -> dict[str, type]:
     from cgmed.data.source import DataConfig
     from cgmed.data.split import SplitConfig
     from cgmed.data.synth import SynthConfig
+    from cgmed.models.tiny import TinySize
+    from cgmed.train.config import GROUPS
 
-    return {"data": DataConfig, "split": SplitConfig, "synth": SynthConfig}
+    return {"data": DataConfig, "split": SplitConfig, "synth": SynthConfig, "tiny": TinySize, **GROUPS}
 
 
 def register_configs() -> None:
@@ -40,6 +42,33 @@ def typed_config(cfg: Any, groups: tuple[str, ...] = ("data", "split", "synth"))
     """Composed config -> {group: dataclass}; every problem is a ConfigError naming the key."""
     schemas = _schemas()
     return {g: build_config(schemas[g], cfg.get(g), g) for g in groups}
+
+
+def run_app(prog: str, job: Callable[[Any], None], argv: list[str] | None = None) -> None:
+    """A single-command Hydra app (``cgmed-train key=value ...``)."""
+    import hydra
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    register_configs()
+    if not any(a.startswith("hydra.job.name=") for a in argv):
+        argv.append(f"hydra.job.name={prog.replace('cgmed-', '')}")
+
+    def task(cfg: Any) -> None:
+        try:
+            job(cfg)
+        except CgmedError as err:
+            print(f"{prog}: error: {err}", file=sys.stderr)
+            sys.exit(2)
+
+    sys.argv = [prog, *argv]
+    hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(task)()
+
+
+def resolved(cfg: Any) -> dict[str, Any]:
+    """The composed config as plain data (for the run directory)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(cfg, resolve=True)
 
 
 def run_subcommands(

@@ -156,6 +156,7 @@ class BackboneAdapter:
         path_or_hub_id: str | Path,
         dtype: Any = "auto",
         trust_remote_code: bool = False,
+        model_kwargs: dict[str, Any] | None = None,
         **processor_kwargs: Any,
     ) -> tuple[Any, Any]:
         """Load ``(model, processor)`` with ``AutoModelForImageTextToText`` / ``AutoProcessor``.
@@ -163,7 +164,8 @@ class BackboneAdapter:
         ``dtype`` is a torch dtype or one of ``auto``, ``float32``, ``bfloat16``, ``float16``.
         ``processor_kwargs`` go to ``AutoProcessor.from_pretrained`` (for the Qwen family,
         ``min_pixels`` / ``max_pixels`` bound each image's visual tokens). Raises ConfigError
-        when the checkpoint belongs to another family.
+        when the checkpoint belongs to another family. ``model_kwargs`` go to the model's
+        ``from_pretrained`` (``quantization_config`` for QLoRA, ``attn_implementation`` ...).
         """
         from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
@@ -177,7 +179,11 @@ class BackboneAdapter:
                 f"set model.family={_family_of_model_type(config.model_type) or '<a known family>'}",
             )
         model = AutoModelForImageTextToText.from_pretrained(
-            ref, config=config, dtype=_torch_dtype(dtype), trust_remote_code=trust_remote_code
+            ref,
+            config=config,
+            dtype=_torch_dtype(dtype),
+            trust_remote_code=trust_remote_code,
+            **(model_kwargs or {}),
         )
         processor = AutoProcessor.from_pretrained(ref, trust_remote_code=trust_remote_code, **kwargs)
         return model, processor

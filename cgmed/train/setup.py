@@ -1,0 +1,203 @@
+"""From configs to a trainable model: load, quantize (QLoRA), freeze, add LoRA, group parameters.
+
+Each function takes plain arguments; ``cgmed.train.loop`` wires them together.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from cgmed.errors import ConfigError
+from cgmed.models.registry import PARTS, BackboneAdapter, detect_family, get_adapter
+from cgmed.train.config import ModelConfig, PeftConfig, TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+def resolve_adapter(model_cfg: ModelConfig) -> BackboneAdapter:
+    if not model_cfg.path:
+        raise ConfigError(
+            "model.path",
+            "is required",
+            "model.path=DIR (a local checkpoint, e.g. from cgmed-model init) or a hub id",
+        )
+    family = model_cfg.family or detect_family(model_cfg.path)
+    return get_adapter(family)
+
+
+def quantization_config(adapter: BackboneAdapter, peft_cfg: PeftConfig, compute_dtype: str) -> Any:
+    """bitsandbytes 4-bit config for QLoRA; only the language model is quantized."""
+    try:
+        import bitsandbytes  # noqa: F401
+        from transformers import BitsAndBytesConfig
+    except ImportError as err:
+        raise ConfigError(
+            "peft.method",
+            f"qlora needs bitsandbytes, which does not import ({err})",
+            "pip install bitsandbytes",
+        ) from None
+    import torch
+
+    # The vision tower, projector and output head stay in full precision (as in QLoRA and
+    # LLaMA-Factory): quantizing them costs accuracy for little memory.
+    skip = [p.rstrip(".") for p in (*adapter.vision_prefixes, *adapter.projector_prefixes)] + ["lm_head"]
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=peft_cfg.quant_type,
+        bnb_4bit_use_double_quant=peft_cfg.double_quant,
+        bnb_4bit_compute_dtype=getattr(torch, compute_dtype),
+        llm_int8_skip_modules=skip,
+    )
+
+
+def load_model(model_cfg: ModelConfig, peft_cfg: PeftConfig, adapter: BackboneAdapter) -> tuple[Any, Any]:
+    """``(model, processor)`` through the adapter's ``from_pretrained`` path."""
+    model_kwargs: dict[str, Any] = {}
+    if model_cfg.attn_implementation:
+        model_kwargs["attn_implementation"] = model_cfg.attn_implementation
+    if peft_cfg.method == "qlora":
+        compute = "float32" if model_cfg.dtype in ("auto", "float32") else model_cfg.dtype
+        model_kwargs["quantization_config"] = quantization_config(adapter, peft_cfg, compute)
+    return adapter.load(
+        model_cfg.path,
+        dtype=model_cfg.dtype,
+        trust_remote_code=model_cfg.trust_remote_code,
+        model_kwargs=model_kwargs,
+        min_pixels=model_cfg.min_pixels,
+        max_pixels=model_cfg.max_pixels,
+    )
+
+
+def lora_targets(model: Any, adapter: BackboneAdapter, peft_cfg: PeftConfig) -> list[str]:
+    """Names of the linear modules LoRA wraps: the chosen parts' Linear layers (never lm_head)."""
+    import torch
+
+    linear_types: tuple[type, ...] = (torch.nn.Linear,)
+    try:
+        import bitsandbytes as bnb
+
+        linear_types += (bnb.nn.Linear4bit,)
+    except ImportError:
+        pass
+    names = [n for n, m in model.named_modules() if isinstance(m, linear_types)]
+    if peft_cfg.target_modules is not None:
+        patterns = [re.compile(t) for t in peft_cfg.target_modules]
+        chosen = [n for n in names if any(p.fullmatch(n) or n.endswith("." + p.pattern) for p in patterns)]
+        if not chosen:
+            raise ConfigError(
+                "peft.target_modules",
+                f"{peft_cfg.target_modules} match no linear module of the model",
+                f"use module names or regexes such as {sorted({n.split('.')[-1] for n in names})[:8]}",
+            )
+        return chosen
+    wanted = {
+        "language": peft_cfg.target_language,
+        "vision": peft_cfg.target_vision,
+        "projector": peft_cfg.target_projector,
+    }
+    chosen = []
+    for n in names:
+        part = adapter.part_of(n + ".")
+        if part and wanted[part] and not n.startswith("lm_head"):
+            chosen.append(n)
+    if not chosen:
+        raise ConfigError("peft.target_language", "the chosen LoRA targets match no linear module")
+    return chosen
+
+
+def apply_training_mode(
+    model: Any, adapter: BackboneAdapter, peft_cfg: PeftConfig, train_cfg: TrainConfig
+) -> Any:
+    """Freeze switches, LoRA/QLoRA wrapping and gradient checkpointing; returns the model to train."""
+    groups = adapter.split_parameters(model)
+    frozen = {
+        "vision": train_cfg.freeze_vision,
+        "projector": train_cfg.freeze_projector,
+        "language": train_cfg.freeze_language,
+    }
+    if peft_cfg.method == "full":
+        for part in PARTS:
+            for _, p in groups[part]:
+                p.requires_grad_(not frozen[part])
+    else:
+        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+        if peft_cfg.method == "qlora":
+            model = prepare_model_for_kbit_training(
+                model, use_gradient_checkpointing=train_cfg.gradient_checkpointing
+            )
+        targets = lora_targets(model, adapter, peft_cfg)
+        # Only the LoRA weights train; a part's freeze switch turns off its adapters.
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=peft_cfg.r,
+                lora_alpha=peft_cfg.alpha,
+                lora_dropout=peft_cfg.dropout,
+                target_modules=targets,
+                bias="none",
+            ),
+        )
+        for name, p in model.named_parameters():
+            if "lora_" in name and frozen[_part(adapter, name)]:
+                p.requires_grad_(False)
+    if train_cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if peft_cfg.method != "full":
+            model.enable_input_require_grads()
+        model.config.use_cache = False
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if trainable == 0:
+        raise ConfigError(
+            "train.freeze_language", "no parameter is trainable", "unfreeze a part or use LoRA targets"
+        )
+    return model
+
+
+def _part(adapter: BackboneAdapter, name: str) -> str:
+    # peft prefixes names with "base_model.model."
+    bare = name.removeprefix("base_model.model.")
+    return adapter.part_of(bare) or "language"
+
+
+def param_groups(model: Any, adapter: BackboneAdapter, train_cfg: TrainConfig) -> list[dict[str, Any]]:
+    """Optimizer groups with separate learning rates for vision tower, projector and language model."""
+    lrs = {
+        "vision": train_cfg.lr_vision or train_cfg.lr,
+        "projector": train_cfg.lr_projector or train_cfg.lr,
+        "language": train_cfg.lr_language or train_cfg.lr,
+    }
+    buckets: dict[tuple[str, bool], list[Any]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        # no weight decay on biases and norms, as usual for transformers
+        decay = p.ndim >= 2
+        buckets.setdefault((_part(adapter, name), decay), []).append(p)
+    groups = []
+    for (part, decay), params in sorted(buckets.items()):
+        groups.append(
+            {
+                "params": params,
+                "lr": lrs[part],
+                "weight_decay": train_cfg.weight_decay if decay else 0.0,
+                "name": f"{part}{'' if decay else '_no_decay'}",
+            }
+        )
+    return groups
+
+
+def lr_lambda(step: int, total: int, warmup: int, kind: str, min_ratio: float) -> float:
+    """Multiplier of the base lr: linear warmup, then cosine / linear decay or constant."""
+    import math
+
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if kind == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if kind == "linear":
+        return max(min_ratio, 1.0 - progress * (1.0 - min_ratio))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
