@@ -58,6 +58,10 @@ def make_accelerator(dist_cfg: DistributedConfig, train_cfg: TrainConfig) -> Any
     kwargs: dict[str, Any] = {
         "mixed_precision": _PRECISION[train_cfg.precision],
         "gradient_accumulation_steps": train_cfg.grad_accum,
+        # The loop steps the scheduler once per optimizer step, and its schedule counts optimizer
+        # steps. accelerate's default (True) would step it num_processes times per step (it assumes
+        # a schedule written for one process's batches): with 2 processes the lr ran twice as fast.
+        "step_scheduler_with_optimizer": False,
         "kwargs_handlers": [
             DistributedDataParallelKwargs(find_unused_parameters=dist_cfg.find_unused_parameters),
             InitProcessGroupKwargs(timeout=timedelta(minutes=dist_cfg.timeout_minutes)),

@@ -173,7 +173,7 @@ def train(
         train_cfg.wandb_project,
         train_cfg.wandb_mode,
         resolved_config,
-        resume=resume_from is not None,
+        resume_step=start if resume_from is not None else None,
     )
     if main and resolved_config is not None:
         (output_dir / "resolved_config.json").write_text(

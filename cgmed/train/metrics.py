@@ -20,7 +20,7 @@ class MetricsLogger:
         wandb_project: str,
         wandb_mode: str,
         config: dict[str, Any] | None = None,
-        resume: bool = False,
+        resume_step: int | None = None,
     ):
         self.enabled = enabled
         self._tb = self._wandb = None
@@ -28,7 +28,15 @@ class MetricsLogger:
         if not enabled:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
-        self._fh = open(run_dir / "metrics.jsonl", "a" if resume else "w", encoding="utf-8")  # noqa: SIM115
+        path = run_dir / "metrics.jsonl"
+        kept = []
+        if resume_step is not None and path.exists():
+            # rows logged after the checkpoint we resume from are replayed; drop them
+            kept = [
+                ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= resume_step
+            ]
+        self._fh = open(path, "w", encoding="utf-8")  # noqa: SIM115 - open for the whole run
+        self._fh.writelines(ln + "\n" for ln in kept)
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
