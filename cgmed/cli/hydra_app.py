@@ -20,13 +20,16 @@ CONF_DIR = Path(os.environ.get("CGMED_CONF_DIR", Path(__file__).resolve().parent
 
 
 def _schemas() -> dict[str, type]:
+    from cgmed.cg.config import CGConfig
     from cgmed.data.source import DataConfig
     from cgmed.data.split import SplitConfig
     from cgmed.data.synth import SynthConfig
+    from cgmed.eval.score import EvalConfig
     from cgmed.models.tiny import TinySize
     from cgmed.train.config import GROUPS
 
-    return {"data": DataConfig, "split": SplitConfig, "synth": SynthConfig, "tiny": TinySize, **GROUPS}
+    return {"data": DataConfig, "split": SplitConfig, "synth": SynthConfig, "tiny": TinySize, "eval": EvalConfig, "cg": CGConfig,
+            **GROUPS}
 
 
 def register_configs() -> None:

@@ -46,6 +46,9 @@ def job(cfg: Any) -> None:
         print(f"training {state} at step {result.steps}, loss {result.last_loss}; run directory {out}")
         if result.final_dir:
             print(f"model written to {result.final_dir}")
+    from accelerate import PartialState
+
+    PartialState().destroy_process_group()
 
 
 def main() -> None:

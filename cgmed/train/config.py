@@ -104,6 +104,7 @@ class TrainConfig:
     wandb_mode: Literal["offline", "online", "disabled"] = "offline"
     progress_bar: bool = True
     deterministic: bool = True
+    eval_every: int = 0  # score eval manifests every N steps (needs eval manifests; see cgmed-cg cg.curve_every)
 
     def __post_init__(self) -> None:
         positive = ("per_device_batch_size", "grad_accum", "max_length", "keep_last", "log_every")
@@ -144,13 +145,6 @@ class DistributedConfig:
     fsdp: bool = False  # FSDP2 (torch fully_shard) through accelerate, for torchrun starts
     timeout_minutes: int = 30
     find_unused_parameters: bool = False
-
-
-@dataclass
-class EvalDuringTrainConfig:
-    """Placeholder-free hook point for evaluation during training (see cgmed.eval)."""
-
-    every: int = 0
 
 
 GROUPS = {"model": ModelConfig, "train": TrainConfig, "peft": PeftConfig, "distributed": DistributedConfig}

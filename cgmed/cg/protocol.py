@@ -1,0 +1,206 @@
+"""Run the CG protocol for each target: splits, Baseline, Baseline+ and Trained, evaluations.
+
+Stages write into ``<run>/<target>/``; a finished stage leaves its output (``split_meta.json``,
+``final/``, ``results.json``) and is skipped when the command is rerun, so a crash in one
+stage keeps the others. Every process of a multi-process launch runs the driver; data
+building and reports happen on the main process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from cgmed.cg.config import CGConfig, CGTarget
+from cgmed.config import as_dict
+from cgmed.data.build import build_split, resolve_root, write_split
+from cgmed.data.source import DataConfig, open_source
+from cgmed.data.split import SplitConfig, resolve_ids, select_train
+from cgmed.errors import ConfigError
+from cgmed.eval.score import EvalConfig
+from cgmed.train.config import DistributedConfig, ModelConfig, PeftConfig, TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Plan:
+    name: str
+    spec: CGTarget
+    target: str
+    related_split: SplitConfig
+    unrelated_split: SplitConfig | None
+
+
+def target_name(spec: CGTarget, target_info: Any) -> str:
+    if spec.name:
+        return spec.name
+    return f"{target_info.id}_{target_info.modality}_{target_info.area}_{target_info.task}".replace("-", "")
+
+
+def plan_targets(cg: CGConfig, split: SplitConfig, source: Any) -> list[Plan]:
+    """Resolve every target (exactly one subset each) and its two training selections."""
+    subsets, vocab = source.subsets(), source.vocab
+    plans = []
+    for i, spec in enumerate(cg.targets):
+        key = f"cg.targets[{i}]"
+        ids = resolve_ids([spec.target], subsets, vocab, f"{key}.target")
+        if len(ids) != 1:
+            raise ConfigError(f"{key}.target", f"names {len(ids)} subsets ({ids}); a CG target is one subset",
+                              "give a subset id or a fuller MAT pattern")
+        tid = ids[0]
+        related = dataclasses.replace(split, targets=[tid], train=spec.related, without=list(spec.without),
+                                      match_size_of=None)
+        if not select_train(spec.related, spec.without, [tid], subsets, vocab, split.train_status, f"{key}.related"):
+            raise ConfigError(f"{key}.related", f"no related data for target {subsets[tid].describe()}",
+                              "choose another target or widen the related selection")
+        unrelated = None
+        if cg.baseline_plus:
+            match = {"train": spec.related, "without": list(spec.without)}
+            unrelated = dataclasses.replace(split, targets=[tid], train="unrelated", without=[], match_size_of=match,
+                                            seen_test=False)
+        name = target_name(spec, subsets[tid])
+        if cg.only is None or name in cg.only:
+            plans.append(Plan(name, spec, tid, related, unrelated))
+    if cg.only is not None:
+        missing = set(cg.only) - {p.name for p in plans}
+        if missing:
+            raise ConfigError("cg.only", f"no target named {sorted(missing)}", f"names: {[p.name for p in plans]}")
+    if not plans:
+        raise ConfigError("cg.targets", "no target to run", "list targets under cg.targets (see conf/experiment/)")
+    return plans
+
+
+def _is_main() -> bool:
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
+def _barrier() -> None:
+    from accelerate import PartialState
+
+    PartialState().wait_for_everyone()
+
+
+def build_splits(plan: Plan, data: DataConfig, source: Any, out: Path) -> dict[str, dict]:
+    """The Related and Unrelated splits of a target (skipped when already written)."""
+    metas = {}
+    for kind, cfg in (("related", plan.related_split), ("unrelated", plan.unrelated_split)):
+        if cfg is None:
+            continue
+        d = out / "splits" / kind
+        if not (d / "split_meta.json").is_file() and _is_main():
+            built = build_split(source, data, cfg)
+            write_split(built, d, {"data": {**as_dict(data), "root": str(source.root)}, "split": as_dict(cfg)}, source)
+        _barrier()
+        metas[kind] = json.loads((d / "split_meta.json").read_text())
+    return metas
+
+
+def _free() -> None:
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def train_stage(model: ModelConfig, train_cfg: TrainConfig, peft: PeftConfig, dist: DistributedConfig,
+                manifest: Path, out: Path, seed: int, curves: dict[str, str] | None = None) -> Path:
+    """Train one model (resuming a half-finished one); returns its ``final/`` directory."""
+    from cgmed.train.loop import train
+
+    final = out / "final"
+    if (final / "config.json").is_file() or (final / "adapter_config.json").is_file():
+        log.info("skip (done): %s", out)
+        return final
+    cfg = dataclasses.replace(train_cfg, seed=seed, resume="auto", output_dir=str(out))
+    train(model, cfg, peft, dist, str(manifest), out, None, eval_manifests=curves)
+    _free()
+    return final
+
+
+def eval_stage(model_path: Path | str, eval_cfg: EvalConfig, manifest: Path, out: Path, model: ModelConfig) -> dict:
+    """Evaluate once; a finished evaluation is read back."""
+    from cgmed.eval.run import evaluate
+
+    if (out / "results.json").is_file():
+        return json.loads((out / "results.json").read_text())
+    doc = evaluate(str(model_path), eval_cfg, str(manifest), out, model.family, model.dtype,
+                   {"min_pixels": model.min_pixels, "max_pixels": model.max_pixels})
+    _free()
+    return doc
+
+
+def run_protocol(cg: CGConfig, data: DataConfig, split: SplitConfig, synth: Any, model: ModelConfig,
+                 train_cfg: TrainConfig, peft: PeftConfig, dist: DistributedConfig, eval_cfg: EvalConfig,
+                 run_dir: Path, dry_run: bool = False) -> dict[str, Any]:
+    """The whole protocol; returns the report document (and writes it unless ``dry_run``)."""
+    from cgmed.cg.report import print_plan, write_report
+
+    root = resolve_root(data, synth) if _is_main() else None
+    _barrier()
+    root = root or resolve_root(data, synth)
+    source = open_source(data, root)
+    plans = plan_targets(cg, split, source)
+    if not dry_run and model.path is None:
+        if cg.tiny_base is None:
+            raise ConfigError("model.path", "is required", "model.path=DIR or a hub id (or cg.tiny_base for a demo)")
+        model = dataclasses.replace(model, path=str(_tiny_base(cg, run_dir)))
+
+    per_target = []
+    for plan in plans:
+        out = run_dir / plan.name
+        metas = build_splits(plan, data, source, out)
+        if dry_run:
+            per_target.append({"plan": plan, "metas": metas})
+            continue
+        rel, unrel = out / "splits" / "related", out / "splits" / "unrelated"
+        entry: dict[str, Any] = {"plan": plan, "metas": metas, "baseline": None, "seeds": {}}
+        entry["baseline"] = eval_stage(model.path, eval_cfg, rel / "test.jsonl", out / "baseline" / "eval", model)
+        for seed in cg.seeds:
+            s_out = out / f"seed-{seed}"
+            curves = None
+            if cg.curve_every:
+                curves = {"target": str(rel / "test.jsonl"), "seen": str(rel / "seen_test.jsonl")}
+                train_cfg = dataclasses.replace(train_cfg, eval_every=cg.curve_every)
+            res: dict[str, Any] = {}
+            final = train_stage(model, train_cfg, peft, dist, rel / "train.jsonl", s_out / "trained", seed, curves)
+            res["trained"] = eval_stage(final, eval_cfg, rel / "test.jsonl", s_out / "trained" / "eval", model)
+            if cg.eval_seen and (rel / "seen_test.jsonl").stat().st_size:
+                res["seen"] = eval_stage(final, eval_cfg, rel / "seen_test.jsonl", s_out / "trained" / "eval_seen",
+                                         model)
+            if plan.unrelated_split is not None:
+                final_p = train_stage(model, train_cfg, peft, dist, unrel / "train.jsonl", s_out / "baseline_plus",
+                                      seed)
+                res["baseline_plus"] = eval_stage(final_p, eval_cfg, rel / "test.jsonl",
+                                                  s_out / "baseline_plus" / "eval", model)
+            entry["seeds"][seed] = res
+        per_target.append(entry)
+    if dry_run:
+        if _is_main():
+            print_plan(per_target)
+        return {"dry_run": True, "targets": [e["plan"].name for e in per_target]}
+    doc = write_report(per_target, cg, run_dir, eval_cfg) if _is_main() else {}
+    _barrier()
+    return doc
+
+
+def _tiny_base(cg: CGConfig, run_dir: Path) -> Path:
+    from cgmed.models.tiny import init_tiny
+
+    t = cg.tiny_base
+    out = run_dir / "base"
+    if not (out / "config.json").is_file() and _is_main():
+        init_tiny(t.family, out, seed=t.seed, image_size=t.image_size, text_hidden=t.text_hidden,
+                  text_layers=t.text_layers, vision_hidden=t.vision_hidden, vision_layers=t.vision_layers)
+    _barrier()
+    return out

@@ -1,0 +1,196 @@
+"""The CG report: ``cg_report.json``, a Table-3-shaped ``cg_report.md`` and PNG plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cgmed.cg.config import CGConfig
+from cgmed.eval.metrics import bootstrap_ci
+
+
+def _describe(subsets: list[dict]) -> list[str]:
+    return [f"{s['id']} {s['modality']} {s['area']} {s['task']}" for s in subsets]
+
+
+def _arm(results: list[dict], eval_cfg: Any, predictions: list[Path]) -> dict[str, Any]:
+    """An arm over seeds: mean accuracy, per-seed values, SD (ddof=1), pooled bootstrap 95% interval."""
+    accs = [r["overall"]["accuracy"] for r in results]
+    pooled: list[bool] = []
+    for p in predictions:
+        pooled += [json.loads(x)["correct"] for x in p.read_text().splitlines() if x.strip()]
+    return {
+        "accuracy": float(np.mean(accs)),
+        "per_seed": accs,
+        "sd": float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0,
+        "ci95": list(bootstrap_ci(pooled, eval_cfg.bootstrap, eval_cfg.seed)),
+        "n": results[0]["overall"]["n"],
+        "chance": results[0]["overall"]["chance"],
+    }
+
+
+def target_row(entry: dict[str, Any], run_dir: Path, eval_cfg: Any) -> dict[str, Any]:
+    plan, metas = entry["plan"], entry["metas"]
+    out = run_dir / plan.name
+    seeds = list(entry["seeds"])
+    base = entry["baseline"]
+    row: dict[str, Any] = {
+        "name": plan.name,
+        "group": plan.spec.group,
+        "target": _describe(metas["related"]["targets"])[0],
+        "related": _describe(metas["related"]["train_subsets"]),
+        "unrelated": _describe(metas["unrelated"]["train_subsets"]) if "unrelated" in metas else [],
+        "train_samples": metas["related"]["sizes"]["train"],
+        "baseline": {
+            "accuracy": base["overall"]["accuracy"], "ci95": base["overall"]["ci95"], "n": base["overall"]["n"],
+            "chance": base["overall"]["chance"],
+        },
+        "trained": _arm([entry["seeds"][s]["trained"] for s in seeds], eval_cfg,
+                        [out / f"seed-{s}" / "trained" / "eval" / "predictions.jsonl" for s in seeds]),
+        "seeds": seeds,
+    }
+    if all("baseline_plus" in entry["seeds"][s] for s in seeds):
+        row["baseline_plus"] = _arm([entry["seeds"][s]["baseline_plus"] for s in seeds], eval_cfg,
+                                    [out / f"seed-{s}" / "baseline_plus" / "eval" / "predictions.jsonl" for s in seeds])
+    if all("seen" in entry["seeds"][s] for s in seeds):
+        seen = _arm([entry["seeds"][s]["seen"] for s in seeds], eval_cfg,
+                    [out / f"seed-{s}" / "trained" / "eval_seen" / "predictions.jsonl" for s in seeds])
+        row["seen_accuracy"] = seen
+        row["seen_per_mat"] = entry["seeds"][seeds[0]]["seen"]["per_mat"]
+    rivals = [row["baseline"]["accuracy"]] + ([row["baseline_plus"]["accuracy"]] if "baseline_plus" in row else [])
+    # The paper's apparent rule (Table 3): CG helps when Trained beats both Baseline and Baseline+.
+    row["cg_helps"] = bool(row["trained"]["accuracy"] > max(rivals))
+    row["cg_helps_beyond_ci"] = bool(row["trained"]["ci95"][0] > max(rivals))
+    if plan.spec.paper:
+        row["paper"] = dict(plan.spec.paper)
+    return row
+
+
+def _pct(x: dict | None) -> str:
+    if not x:
+        return "-"
+    lo, hi = x["ci95"]
+    return f"{100 * x['accuracy']:.1f} [{100 * lo:.0f}-{100 * hi:.0f}]"
+
+
+def markdown(rows: list[dict], cg: CGConfig) -> str:
+    has_paper = any("paper" in r for r in rows)
+    head = ["Related combination", "Target", "Baseline", "Baseline+", "Trained", "CG helps", "Seen (Trained)"]
+    if has_paper:
+        head.append("Paper (Base / Base+ / Trained)")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [
+            " + ".join(r["related"]), r["target"], _pct(r["baseline"]), _pct(r.get("baseline_plus")),
+            _pct(r["trained"]), "yes" if r["cg_helps"] else "no", _pct(r.get("seen_accuracy")),
+        ]
+        if has_paper:
+            p = r.get("paper") or {}
+            cells.append(" / ".join(str(p.get(k, "-")) for k in ("baseline", "baseline_plus", "trained")))
+        lines.append("| " + " | ".join(cells) + " |")
+    seeds = rows[0]["seeds"] if rows else []
+    notes = [
+        "",
+        "Accuracy in %, [95% bootstrap interval]. Baseline = the model before training; Baseline+ = trained on "
+        "Unrelated subsets (no shared MAT element), as many samples as the Related data; Trained = trained on the "
+        f"Related combination only. Seeds: {seeds}. CG helps = Trained > max(Baseline, Baseline+).",
+    ]
+    if cg.note:
+        notes.append(cg.note)
+    return "\n".join(lines + notes) + "\n"
+
+
+def plots(rows: list[dict], out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    arms = [("baseline", "Baseline"), ("baseline_plus", "Baseline+"), ("trained", "Trained")]
+    fig, ax = plt.subplots(figsize=(max(4, 2.6 * len(rows)), 3.6))
+    width = 0.26
+    for k, (key, label) in enumerate(arms):
+        xs, ys, lo, hi = [], [], [], []
+        for i, r in enumerate(rows):
+            if key in r and r[key]:
+                a = r[key]
+                xs.append(i + (k - 1) * width)
+                ys.append(100 * a["accuracy"])
+                lo.append(100 * (a["accuracy"] - a["ci95"][0]))
+                hi.append(100 * (a["ci95"][1] - a["accuracy"]))
+        ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, label=label)
+    for i, r in enumerate(rows):
+        ax.hlines(100 * r["baseline"]["chance"], i - 1.5 * width, i + 1.5 * width, colors="k", linestyles=":")
+    ax.set_xticks(range(len(rows)), [r["target"].split(" ", 1)[1] for r in rows], fontsize=8)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=8)
+    ax.set_title("CG per held-out target (dotted: chance)")
+    fig.tight_layout()
+    fig.savefig(out / "cg_targets.png", dpi=120)
+    plt.close(fig)
+    written.append("cg_targets.png")
+
+    # heatmap over MAT combinations: Trained accuracy on seen combinations and on each target
+    cells: dict[tuple[str, str], float] = {}
+    for r in rows:
+        m, a, t = r["target"].split(" ")[1:4]
+        cells[(m, f"{a} {t}")] = r["trained"]["accuracy"]
+        for mat, v in (r.get("seen_per_mat") or {}).items():
+            m2, a2, t2 = mat.split(" ")
+            cells.setdefault((m2, f"{a2} {t2}"), v["accuracy"])
+    if cells:
+        ms = sorted({k[0] for k in cells})
+        ats = sorted({k[1] for k in cells})
+        grid = np.full((len(ms), len(ats)), np.nan)
+        for (m, at), v in cells.items():
+            grid[ms.index(m), ats.index(at)] = 100 * v
+        fig, ax = plt.subplots(figsize=(1.2 * len(ats) + 2, 0.6 * len(ms) + 1.8))
+        im = ax.imshow(grid, vmin=0, vmax=100, cmap="viridis")
+        ax.set_xticks(range(len(ats)), ats, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(len(ms)), ms, fontsize=8)
+        targets = {(r["target"].split(" ")[1], " ".join(r["target"].split(" ")[2:4])) for r in rows}
+        for i, m in enumerate(ms):
+            for j, at in enumerate(ats):
+                if not np.isnan(grid[i, j]):
+                    mark = "*" if (m, at) in targets else ""
+                    ax.text(j, i, f"{grid[i, j]:.0f}{mark}", ha="center", va="center", fontsize=7, color="w")
+        fig.colorbar(im, ax=ax, label="Trained accuracy (%)")
+        ax.set_title("Accuracy over MAT combinations (* held out)", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(out / "cg_heatmap.png", dpi=120)
+        plt.close(fig)
+        written.append("cg_heatmap.png")
+    return written
+
+
+def write_report(per_target: list[dict], cg: CGConfig, run_dir: Path, eval_cfg: Any) -> dict[str, Any]:
+    rows = [target_row(e, run_dir, eval_cfg) for e in per_target]
+    doc = {"format": "cgmed-cg-report/1", "targets": rows, "note": cg.note, "eval_method": eval_cfg.method}
+    (run_dir / "cg_report.json").write_text(json.dumps(doc, indent=1) + "\n")
+    md = markdown(rows, cg)
+    (run_dir / "cg_report.md").write_text(md)
+    if cg.plots:
+        doc["plots"] = plots(rows, run_dir)
+    print(md)
+    print(f"report written to {run_dir / 'cg_report.md'} (and cg_report.json, plots)")
+    return doc
+
+
+def print_plan(per_target: list[dict]) -> None:
+    for e in per_target:
+        plan, metas = e["plan"], e["metas"]
+        rel = metas["related"]
+        print(f"target {plan.name}: {_describe(rel['targets'])[0]}")
+        print(f"  Trained on (Related): {', '.join(_describe(rel['train_subsets']))}  ->  {rel['sizes']['train']} "
+              f"samples; target test {rel['sizes']['test']}, seen test {rel['sizes']['seen_test']}; "
+              f"audit {'passed' if rel['audit']['passed'] else 'FAILED'}")
+        if "unrelated" in metas:
+            un = metas["unrelated"]
+            print(f"  Baseline+ on (Unrelated): {', '.join(_describe(un['train_subsets']))}  ->  "
+                  f"{un['sizes']['train']} samples; audit {'passed' if un['audit']['passed'] else 'FAILED'}")
+    print("dry run: nothing trained")

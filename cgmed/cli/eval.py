@@ -1,0 +1,41 @@
+"""``cgmed-eval``: score a model (base, fine-tuned, LoRA adapter or merged) on a test manifest.
+
+    cgmed-eval model.path=RUN/final data.test_manifest=SPLIT/test.jsonl [eval.method=generation eval.circular=true]
+
+Writes ``predictions.jsonl`` and ``results.json`` (accuracy per subset and per MAT combination with
+sample counts, chance level and bootstrap 95% intervals) in the run directory.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cgmed.cli.hydra_app import run_app, run_dir, typed_config
+from cgmed.errors import ConfigError
+
+
+def job(cfg: Any) -> None:
+    from cgmed.eval.run import evaluate
+
+    typed = typed_config(cfg, ("data", "model", "eval"))
+    model, data = typed["model"], typed["data"]
+    if not model.path:
+        raise ConfigError("model.path", "is required", "model.path=RUN/final (or a base model, or an adapter)")
+    if not data.test_manifest:
+        raise ConfigError("data.test_manifest", "is required", "data.test_manifest=SPLIT/test.jsonl")
+    doc = evaluate(model.path, typed["eval"], data.test_manifest, run_dir(), model.family, model.dtype,
+                   {"min_pixels": model.min_pixels, "max_pixels": model.max_pixels})
+    o = doc["overall"]
+    print(f"accuracy {o['accuracy']:.4f} (95% CI {o['ci95'][0]:.4f}-{o['ci95'][1]:.4f}) on {o['n']} samples, "
+          f"chance {o['chance']:.3f}; unparsed {doc['unparsed']}")
+    for k, v in doc["per_mat"].items():
+        print(f"  {k:<28} {v['accuracy']:.4f}  n={v['n']}")
+    print(f"written to {run_dir()}")
+
+
+def main() -> None:
+    run_app("cgmed-eval", job)
+
+
+if __name__ == "__main__":
+    main()

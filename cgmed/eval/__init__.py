@@ -1,0 +1,1 @@
+"""Evaluation: answer parsing, option scoring / generation, accuracy with intervals."""

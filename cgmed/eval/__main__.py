@@ -1,0 +1,6 @@
+"""``python -m cgmed.eval`` (for torchrun / accelerate launch)."""
+
+from cgmed.cli.eval import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""Evaluate a model on a test manifest, sharded over processes; writes predictions and results.
+
+    cgmed-eval model.path=RUN/final data.test_manifest=SPLIT/test.jsonl [eval.method=generation]
+    torchrun --nproc_per_node 8 -m cgmed.eval model.path=... data.test_manifest=...
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from cgmed.eval.metrics import results
+from cgmed.eval.score import EvalConfig, Scorer, load_for_eval, read_manifest, score_records
+
+
+def _shard(n: int, world: int, rank: int) -> range:
+    """Contiguous, disjoint shards covering every index once (no padding duplicates)."""
+    per, extra = divmod(n, world)
+    start = rank * per + min(rank, extra)
+    return range(start, start + per + (1 if rank < extra else 0))
+
+
+def evaluate(
+    model_path: str,
+    eval_cfg: EvalConfig,
+    test_manifest: str,
+    out_dir: Path,
+    family: str | None = None,
+    dtype: str = "float32",
+    processor_kwargs: dict[str, Any] | None = None,
+    model: Any = None,
+) -> dict[str, Any]:
+    """Score ``test_manifest``; rank 0 writes ``predictions.jsonl`` and ``results.json`` in ``out_dir``.
+
+    ``model`` may be a ``(model, processor, adapter)`` triple already in memory (evaluation
+    during training); otherwise ``model_path`` is loaded.
+    """
+    import torch
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
+    records = read_manifest(test_manifest)  # bad manifests fail before the model loads
+    state = PartialState(cpu=not torch.cuda.is_available())
+    if model is None:
+        loaded = load_for_eval(model_path, family, dtype, eval_cfg.base, **(processor_kwargs or {}))
+        loaded[0].to(state.device)
+    else:
+        loaded = model
+    scorer = Scorer(*loaded, method=eval_cfg.method, max_new_tokens=eval_cfg.max_new_tokens)
+    mine = [records[i] for i in _shard(len(records), state.num_processes, state.process_index)]
+    rows = score_records(scorer, mine, eval_cfg.batch_size, eval_cfg.circular)
+    if state.num_processes > 1:
+        rows = gather_object(rows)  # rank order = manifest order
+    doc = results(rows, eval_cfg.bootstrap, eval_cfg.seed)
+    doc["method"] = eval_cfg.method + (" (circular)" if eval_cfg.circular else "")
+    doc["model"] = str(model_path)
+    doc["test_manifest"] = str(test_manifest)
+    if state.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with open(out_dir / "predictions.jsonl", "w", encoding="utf-8") as fh:
+            fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        (out_dir / "results.json").write_text(json.dumps(doc, indent=1) + "\n")
+    state.wait_for_everyone()
+    return doc
