@@ -1,0 +1,383 @@
+"""Reading model answers: the option letter of a multiple-choice answer, and detection boxes.
+
+:func:`parse_choice` maps a generated free-text answer to the letter of one option (or None);
+:func:`parse_choice_detail` also says why. :func:`parse_box` / :func:`format_box` read and write
+MiniGPT-v2 style boxes ``{<x1><y1><x2><y2>}`` on a 0-100 grid; :func:`iou` and :func:`ciou` score
+them. Everything here is deterministic pure Python (it runs on every generated answer).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+import re
+from collections.abc import Iterable, Sequence
+
+from cgmed.data.choices import LETTERS
+
+Box = tuple[float, float, float, float]
+
+#: The reasons :func:`parse_choice_detail` returns.
+REASONS = ("letter", "option_text", "ambiguous", "refusal", "out_of_range", "empty", "no_match")
+
+# ---------------------------------------------------------------------------------------------
+# Multiple choice
+# ---------------------------------------------------------------------------------------------
+
+_MARKUP = re.compile(r"\*+|`+|__+")
+_QUOTES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u201c": '"', "\u201d": '"'})
+# Word tokens for option-text matching: runs of letters/digits, plus symbols that carry meaning
+# in labels ("Grade 0+", "> 50%"); other punctuation (commas, hyphens, dots) only separates.
+_TOKEN = re.compile(r"[^\W_]+|[+%<>=\u00b1\u2264\u2265]")
+# Words that may follow a letter used as a letter ("A or B", "A is correct"); after "A" any
+# other word makes it the English article ("A cyst is visible").
+_FOLLOWERS = frozenset(
+    {
+        "or", "and", "nor", "is", "was", "would", "seems", "appears", "looks", "might", "may",
+        "could", "should", "must", "will", "fits", "matches", "vs", "versus", "because", "since",
+        "then",
+    }
+)  # fmt: skip
+_NEXT_WORD = re.compile(r"[ \t]+(\w+)")
+# A line that is only a letter, with punctuation/brackets: "B", "b", "(B)", "[B]", "B.", "B)".
+_LONE_LINE = re.compile(r"^[^\w\n]*([A-Za-z])[^\w\n]*$", re.M)
+# A line that starts with a delimited letter: "B. Cyst", "B: Cyst", "B) Cyst", "(B) Cyst", "- B - x".
+# "E.g." / "I.e." are not letters.
+_LEADING = re.compile(
+    r"^[ \t>\-\u2022]*(?:[(\[{][ \t]*([A-Za-z])[ \t]*[)\]}]|([A-Za-z])[ \t]*(?:[.](?![A-Za-z]\.)|[:)\]]|[ \t][-\u2013\u2014][ \t]))",
+    re.M,
+)
+# An answer statement: "Answer: B", "The answer is B", "correct option is (B)", "option B".
+_CUE = re.compile(
+    r"\b(answer|option|choice|letter)s?\b"
+    r"(?:[ \t]+(?:is|would[ \t]+be|should[ \t]+be|will[ \t]+be|must[ \t]+be|seems[ \t]+to[ \t]+be"
+    r"|appears[ \t]+to[ \t]+be|be))?"
+    r"[ \t]*[:=\-\u2013\u2014]?[ \t]*"
+    r"(?:(?:option|choice|letter)[ \t]+)?"
+    r"([(\[{][ \t]*)?([A-Za-z])(?![\w'-])",
+    re.I,
+)
+# Any other mention: a bracketed letter "(b)" or a bare capital "B" in running text.
+_WEAK = re.compile(r"(?<![\w'-])(?:[(\[{][ \t]*([A-Ja-j])[ \t]*[)\]}]|([A-J]))(?![\w'-])")
+_ABBREV = re.compile(r"\.(?:[A-Za-z]\.|\s+[a-z])")  # "E. coli", "U.S." after a capital
+# Two letters offered together: "A or B", "A/B", "(A) and (B)", "A, B".
+_DISJ = re.compile(
+    r"(?<![\w'-])[(\[]?([A-Ja-j])[)\]]?[ \t]*"
+    r"(?:,|/|&|\bor\b|\band\b|\bnor\b|\bvs\b\.?|\bversus\b)[ \t]*(?:(?:or|and)[ \t]+)?"
+    r"[(\[]?([A-Ja-j])[)\]]?(?![\w'-])"
+)
+_REFUSAL = re.compile(
+    r"\b(?:i[ \t]*(?:'m|am)[ \t]+(?:sorry|unable|not[ \t]+able|not[ \t]+sure)"
+    r"|sorry\b"
+    r"|i[ \t]+(?:cannot|can[ \t]*not|can't|could[ \t]*not|couldn't|do[ \t]*n[o']t[ \t]+know)"
+    r"|unable[ \t]+to[ \t]+(?:determine|tell|say|answer|provide|identify|diagnose|assess|see)"
+    r"|(?:cannot|can't|can[ \t]+not)[ \t]+(?:be[ \t]+)?(?:determine|tell|say|answer|provide|identify|diagnose)"
+    r"|not[ \t]+possible[ \t]+to[ \t]+(?:determine|tell|say)"
+    r"|as[ \t]+an[ \t]+ai\b"
+    r"|none[ \t]+of[ \t]+the[ \t]+(?:above|options|choices)"
+    r"|(?:insufficient|not[ \t]+enough)[ \t]+information)",
+    re.I,
+)
+_ATTACHED_AFTER = re.compile(r"[\s.:)\]}\-\u2013\u2014,=]*")
+_ATTACHED_BEFORE = re.compile(r"[\s(\[{\-\u2013\u2014:,]*")
+
+
+@functools.lru_cache(maxsize=4096)
+def _option_patterns(options: tuple[str, ...]) -> tuple[tuple[tuple[str, ...], int], ...]:
+    """Token sequences naming each option; a comma-joined multi-label also in any part order."""
+    pats: list[tuple[tuple[str, ...], int]] = []
+    for i, opt in enumerate(options):
+        seqs = {tuple(t.lower() for t in _TOKEN.findall(opt))}
+        parts = [p for p in opt.split(",") if _TOKEN.search(p)]
+        if 2 <= len(parts) <= 4:
+            for perm in itertools.permutations(parts):
+                seqs.add(tuple(t.lower() for p in perm for t in _TOKEN.findall(p)))
+        pats.extend((seq, i) for seq in sorted(seqs) if seq)
+    return tuple(pats)
+
+
+def _option_spans(text: str, options: tuple[str, ...]) -> tuple[list[tuple[int, int, int]], str]:
+    """Option mentions in ``text`` as (char start, char end, option index), and ``text`` with
+    every mention masked by ``_`` (so letters inside option texts are not read as letters).
+
+    Matching is on whole word tokens, case-insensitive; a mention contained in a longer mention
+    (of any option) is dropped, so "no tumor" names "No tumor" and not "Tumor".
+    """
+    toks = list(_TOKEN.finditer(text))
+    if not toks:
+        return [], text
+    words = [m.group().lower() for m in toks]
+    where: dict[str, list[int]] = {}
+    for k, w in enumerate(words):
+        where.setdefault(w, []).append(k)
+    found: set[tuple[int, int, int]] = set()
+    for seq, i in _option_patterns(options):
+        n = len(seq)
+        for k in where.get(seq[0], ()):
+            if tuple(words[k : k + n]) == seq:
+                found.add((k, k + n, i))
+    if not found:
+        return [], text
+    kept = [
+        s
+        for s in found
+        if not any(o[0] <= s[0] and s[1] <= o[1] and o[1] - o[0] > s[1] - s[0] for o in found)
+    ]
+    chars = list(text)
+    for a, b, _ in found:
+        for c in range(toks[a].start(), toks[b - 1].end()):
+            chars[c] = "_"
+    spans = sorted((toks[a].start(), toks[b - 1].end(), i) for a, b, i in kept)
+    return spans, "".join(chars)
+
+
+def _next_word(s: str, pos: int) -> str | None:
+    m = _NEXT_WORD.match(s, pos)
+    return m.group(1).lower() if m else None
+
+
+def _reads_as_word(s: str, ch: str, end: int) -> bool:
+    """True when an undelimited ``A``/``a`` is the article or ``I``/``i`` the pronoun: a word
+    other than a connective ("or", "is", ...) follows it."""
+    if ch not in "AaIi":
+        return False
+    w = _next_word(s, end)
+    return w is not None and w not in _FOLLOWERS
+
+
+def _declared(s: str) -> list[tuple[str, int, int]]:
+    """Letters stated as the answer: lone-letter lines, lines starting with a delimited letter,
+    and answer statements. Returns (upper-case letter, start, end) in text order."""
+    out: list[tuple[str, int, int]] = []
+    for m in _LONE_LINE.finditer(s):
+        out.append((m.group(1).upper(), m.start(1), m.end(1)))
+    for m in _LEADING.finditer(s):
+        g = 1 if m.group(1) else 2
+        out.append((m.group(g).upper(), m.start(g), m.end(g)))
+    for m in _CUE.finditer(s):
+        ch, end = m.group(3), m.end(3)
+        if not m.group(2) and _next_word(s, end) not in (None, *_FOLLOWERS):
+            # "the answer is a cyst": only a capital B-J (or "option A") is a letter before a word
+            keyword = m.group(1).lower()
+            if ch.islower() or ch == "I" or ch not in LETTERS or (ch == "A" and keyword == "answer"):
+                continue
+        out.append((ch.upper(), m.start(3), end))
+    return sorted(set(out), key=lambda t: t[1])
+
+
+def _mentioned(s: str, n: int) -> list[tuple[str, int, int]]:
+    """Other in-range letter mentions: bracketed "(b)", bare capitals in running text (not the
+    article "A", not "I" unless there are 9+ options, not abbreviations like "E. coli")."""
+    out: list[tuple[str, int, int]] = []
+    for m in _WEAK.finditer(s):
+        if m.group(1):
+            ch, a, b = m.group(1).upper(), m.start(1), m.end(1)
+        else:
+            ch, a, b = m.group(2), m.start(2), m.end(2)
+            if (ch == "I" and n <= 8) or _reads_as_word(s, ch, b) or _ABBREV.match(s, b):
+                continue
+        if LETTERS.index(ch) < n:
+            out.append((ch, a, b))
+    return out
+
+
+def _disjunction(s: str, n: int) -> bool:
+    """True when two different letters are offered together ("A or B", "A/B", "(A) and (C)")."""
+    for m in _DISJ.finditer(s):
+        x, y = m.group(1), m.group(2)
+        if x.upper() == y.upper():
+            continue
+        ok = True
+        for ch, end in ((x, m.end(1)), (y, m.end(2))):
+            if (ch in "Ii" and n <= 8) or _reads_as_word(s, ch, end):
+                ok = False
+        if ok:
+            return True
+    return False
+
+
+def _consistent(s: str, letters: list[tuple[str, int, int]], spans: list[tuple[int, int, int]]) -> bool:
+    """The letter agrees with the option texts: no option text attached to it ("B: Tumor",
+    "Tumor (B)") is another option's, and if the text names options, it names the letter's."""
+    idx = LETTERS.index(letters[0][0])
+    if not spans:
+        return True
+    for _, a, b in letters:
+        for s0, s1, i in spans:
+            after = s0 >= b and _ATTACHED_AFTER.fullmatch(s, b, s0)
+            before = s1 <= a and _ATTACHED_BEFORE.fullmatch(s, s1, a)
+            if (after or before) and i != idx:
+                return False
+    return any(i == idx for _, _, i in spans)
+
+
+def parse_choice_detail(text: str | None, options: Sequence[str]) -> tuple[str | None, str]:
+    """The option letter a free-text answer means, and why: ``(letter | None, reason)``.
+
+    ``options`` are the option texts in shown order (letter i is ``"ABCDEFGHIJ"[i]``). Reasons:
+    ``"letter"``, ``"option_text"`` (an answer), ``"ambiguous"``, ``"refusal"``,
+    ``"out_of_range"``, ``"empty"``, ``"no_match"`` (no answer).
+
+    Rules, in order:
+
+    1. Markdown (``*``, backticks, ``__``) is dropped; blank text is ``"empty"``.
+    2. Option texts are found as whole word sequences, case-insensitive, ignoring punctuation
+       other than ``+ % < > =`` ("Level 1" never matches inside "Level 10", "normal" never
+       inside "abnormal"); a comma-joined multi-label also matches in any part order. A match
+       contained in a longer match is dropped ("no tumor" names "No tumor", not "Tumor"). The
+       matched text is masked, so letters inside option texts are never letters.
+    3. Declared letters: a line that is only a letter in either case, with optional brackets
+       or punctuation (``B``, ``b``, ``(B)``, ``[B]``, ``B.``, ``B)``); a line starting with a
+       delimited letter (``B. Cyst``, ``B: Cyst``, ``B) Cyst``, ``(B) Cyst``; not ``E.g.``);
+       an answer statement (``Answer: B``, ``The answer is B.``, ``The correct option is (B)``,
+       ``option B``). In an answer statement a letter followed by a word must be a capital
+       B-J, or ``A`` after option/choice/letter: "the answer is a cyst" holds no letter.
+    4. A refusal (``I'm sorry``, ``I cannot ...``, ``unable to determine``, ``As an AI``,
+       ``none of the above``, ...) is ``"refusal"`` unless a letter is declared (rule 3): an
+       explicit answer beats a hedge.
+    5. Two different letters offered together (``A or B``, ``A/B``, ``(A) and (C)``, also out of
+       range ones) are ``"ambiguous"``.
+    6. If letters are declared: two different ones are ``"ambiguous"``; one beyond the options
+       (``E`` with four options, any of A-Z) is ``"out_of_range"``.
+    7. Otherwise other in-range mentions count: a bracketed letter ``(b)`` or a bare capital in
+       running text (``I think it's B``), but not the article ``A`` (an ``A`` followed by a word
+       other than or/and/is/...; ``A cyst is visible.`` names Cyst by text), not the pronoun ``I``
+       (unless there are 9+ options), not abbreviations (``E. coli``), never a lowercase bare
+       letter, and never a letter inside a word (``B-cell``, ``I'm``). Two different ones are
+       ``"ambiguous"``; mentions beyond the options are ignored.
+    8. A letter from rule 6 or 7 must agree with the option texts (chosen: contradictions are
+       None, reason ``"ambiguous"``): an option text attached to it (``B: Tumor``, ``Tumor (B)``)
+       must be its own, and if the answer names any option text, one must be its own (``B. The
+       lesion is a tumor`` with B = Cyst is None; ``B. Cyst, not a tumor`` is B).
+    9. Without a letter: exactly one option named is ``"option_text"``; several are
+       ``"ambiguous"`` (``Cyst and Tumor``); none is ``"no_match"``.
+    """
+    if text is None:
+        return None, "empty"
+    s = _MARKUP.sub("", str(text)).translate(_QUOTES).strip()
+    if not s:
+        return None, "empty"
+    opts = tuple(str(o) for o in options)
+    n = len(opts)
+    spans, masked = _option_spans(s, opts)
+
+    declared = _declared(masked)
+    if not declared and _REFUSAL.search(masked):
+        return None, "refusal"
+    if _disjunction(masked, n):
+        return None, "ambiguous"
+    letters = declared
+    if declared:
+        if len({t[0] for t in declared}) > 1:
+            return None, "ambiguous"
+        if LETTERS.find(declared[0][0]) not in range(n):
+            return None, "out_of_range"
+    else:
+        letters = _mentioned(masked, n)
+        if len({t[0] for t in letters}) > 1:
+            return None, "ambiguous"
+    if letters:
+        if not _consistent(masked, letters, spans):
+            return None, "ambiguous"
+        return letters[0][0], "letter"
+
+    named = {i for _, _, i in spans}
+    if len(named) == 1:
+        return LETTERS[named.pop()], "option_text"
+    if named:
+        return None, "ambiguous"
+    return None, "no_match"
+
+
+def parse_choice(text: str | None, options: Sequence[str]) -> str | None:
+    """The option letter ``text`` means, or None (ambiguous, refusal, out of range, no answer).
+
+    See :func:`parse_choice_detail` for the rules."""
+    return parse_choice_detail(text, options)[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Detection boxes
+# ---------------------------------------------------------------------------------------------
+
+_NUM = r"<\s*(-?\d+)\s*>"
+_BOX = re.compile(r"(\{\s*)?" + r"\s*".join([_NUM] * 4) + r"(\s*\})?")
+_MORE = re.compile(r"\s*<\s*-?\d")
+_BEFORE = re.compile(r"<\s*-?\d+\s*>\s*$")
+
+
+def _clip(v: float) -> float:
+    return min(100.0, max(0.0, float(v)))
+
+
+def parse_box(text: str | None) -> Box | None:
+    """The first well-formed box in ``text``, written ``{<x1><y1><x2><y2>}`` (MiniGPT-v2 style,
+    integers on a 0-100 grid, spaces allowed) or bare ``<x1><y1><x2><y2>``; None when there is
+    none, or when the first run of four numbers is malformed (more than four numbers in a row,
+    a brace on one side only). Groups that are not four integers are not boxes. Values are
+    clipped to [0, 100] and each pair is ordered so x1 <= x2 and y1 <= y2."""
+    if not text:
+        return None
+    for m in _BOX.finditer(text):
+        if bool(m.group(1)) != bool(m.group(6)):
+            return None  # "{<1><2><3><4>" or "<1><2><3><4>}": malformed
+        if not m.group(1) and (_MORE.match(text, m.end()) or _BEFORE.search(text, 0, m.start())):
+            return None  # a run of five or more numbers
+        x1, y1, x2, y2 = (_clip(int(m.group(k))) for k in range(2, 6))
+        return (min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2))
+    return None
+
+
+def format_box(box: Sequence[float]) -> str:
+    """``{<x1><y1><x2><y2>}`` with each value rounded half up to an integer and clipped to
+    [0, 100] (the order of the values is kept)."""
+    if len(box) != 4:
+        raise ValueError(f"a box has 4 values (x1, y1, x2, y2), got {len(box)}")
+    vals = []
+    for v in box:
+        f = float(v)
+        if not math.isfinite(f):
+            raise ValueError(f"box value {v!r} is not finite")
+        vals.append(int(_clip(math.floor(f + 0.5))))
+    return "{" + "".join(f"<{v}>" for v in vals) + "}"
+
+
+def _area(b: Sequence[float]) -> float:
+    return max(0.0, b[2] - b[0]) * max(0.0, b[3] - b[1])
+
+
+def _inter(a: Sequence[float], b: Sequence[float]) -> float:
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    return max(0.0, w) * max(0.0, h)
+
+
+def iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two ``(x1, y1, x2, y2)`` boxes; 0 when the union is 0."""
+    inter = _inter(a, b)
+    union = _area(a) + _area(b) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def ciou(pairs: Iterable[tuple[Sequence[float] | None, Sequence[float]]]) -> float:
+    """Cumulative IoU over a test set: sum of intersections / sum of unions.
+
+    ``pairs`` are (prediction, ground truth); a None prediction (no box could be parsed)
+    contributes 0 to the intersections and the ground-truth area to the unions. 0 when the
+    unions sum to 0 (e.g. no pairs).
+
+    Why cIoU: the paper evaluates detection as MiniGPT-v2 does, and cumulative IoU is the
+    referring-segmentation metric (RefCOCO-style) that weights every sample by its box size
+    instead of averaging per-sample IoUs, so a few tiny boxes cannot dominate the score and
+    unparseable answers still count against it.
+    """
+    inter = union = 0.0
+    for pred, gt in pairs:
+        if pred is None:
+            union += _area(gt)
+            continue
+        i = _inter(pred, gt)
+        inter += i
+        union += _area(pred) + _area(gt) - i
+    return inter / union if union > 0 else 0.0
