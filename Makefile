@@ -23,12 +23,14 @@ lint: setup
 	$(BIN)/ruff format --check cgmed tests benchmarks
 
 demo: setup
-	$(BIN)/cgmed-data synth out=$(DEMO_DIR)/world
-	$(BIN)/cgmed-data catalog data.root=$(DEMO_DIR)/world hydra.run.dir=$(DEMO_DIR)/catalog
-	$(BIN)/cgmed-data build experiment=demo_data data.root=$(DEMO_DIR)/world hydra.run.dir=$(DEMO_DIR)/split
+	@start=$$(date +%s); \
+	$(BIN)/cgmed-cg experiment=demo hydra.run.dir=$(DEMO_DIR) && \
+	echo "demo finished in $$(( $$(date +%s) - start )) s; report: $(DEMO_DIR)/cg_report.md"
 
 bench: setup
 	$(BIN)/python benchmarks/catalog_scale.py
+	$(BIN)/python benchmarks/train_throughput.py
+	$(BIN)/python benchmarks/eval_speed.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache
