@@ -9,6 +9,7 @@ included (its CPU accelerator).
 from __future__ import annotations
 
 import json
+import logging
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -17,6 +18,8 @@ from typing import Any
 from cgmed.errors import ConfigError
 from cgmed.train.config import DistributedConfig, TrainConfig
 
+log = logging.getLogger(__name__)
+
 _PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 
 
@@ -24,14 +27,8 @@ def _world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def deepspeed_config(path: str, train_cfg: TrainConfig, world: int) -> dict[str, Any]:
-    """Read a DeepSpeed JSON and fill its ``auto`` entries from the train config."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(
-            "distributed.deepspeed_config", f"{p} does not exist", "use launch/deepspeed/zero2.json ..."
-        )
-    cfg = json.loads(p.read_text())
+def fill_deepspeed_auto(cfg: dict[str, Any], train_cfg: TrainConfig, world: int) -> dict[str, Any]:
+    """Fill a DeepSpeed config's ``auto`` entries (batch, accumulation, clipping, precision) in place."""
     fill = {
         "train_micro_batch_size_per_gpu": train_cfg.per_device_batch_size,
         "gradient_accumulation_steps": train_cfg.grad_accum,
@@ -48,6 +45,19 @@ def deepspeed_config(path: str, train_cfg: TrainConfig, world: int) -> dict[str,
     return cfg
 
 
+def deepspeed_config(path: str, train_cfg: TrainConfig, world: int) -> dict[str, Any]:
+    """Read a DeepSpeed JSON and fill its ``auto`` entries from the train config."""
+    p = Path(path)
+    if not p.is_absolute() and not p.is_file():
+        # the shipped configs name launch/deepspeed/*.json relative to the repository root
+        p = Path(__file__).resolve().parents[2] / p
+    if not p.is_file():
+        raise ConfigError(
+            "distributed.deepspeed_config", f"{path} does not exist", "use launch/deepspeed/zero2.json ..."
+        )
+    return fill_deepspeed_auto(json.loads(p.read_text()), train_cfg, world)
+
+
 def make_accelerator(dist_cfg: DistributedConfig, train_cfg: TrainConfig) -> Any:
     import torch
     from accelerate import Accelerator, PartialState
@@ -55,8 +65,18 @@ def make_accelerator(dist_cfg: DistributedConfig, train_cfg: TrainConfig) -> Any
 
     cpu = not torch.cuda.is_available()
     world = _world_size()
+    precision = _PRECISION[train_cfg.precision]
+    launcher_precision = os.environ.get("ACCELERATE_MIXED_PRECISION")
+    if launcher_precision not in (None, "", "no", precision):
+        log.warning(
+            "the launcher asks for mixed_precision=%s but train.precision=%s wins (%s); set "
+            "train.precision to match the accelerate config",
+            launcher_precision,
+            train_cfg.precision,
+            precision,
+        )
     kwargs: dict[str, Any] = {
-        "mixed_precision": _PRECISION[train_cfg.precision],
+        "mixed_precision": precision,
         "gradient_accumulation_steps": train_cfg.grad_accum,
         # The loop steps the scheduler once per optimizer step, and its schedule counts optimizer
         # steps. accelerate's default (True) would step it num_processes times per step (it assumes
@@ -68,17 +88,30 @@ def make_accelerator(dist_cfg: DistributedConfig, train_cfg: TrainConfig) -> Any
         ],
     }
     use_ds = bool(dist_cfg.deepspeed_config) or os.environ.get("ACCELERATE_USE_DEEPSPEED", "") == "true"
+    use_fsdp = dist_cfg.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "") == "true"
     if dist_cfg.deepspeed_config and dist_cfg.fsdp:
         raise ConfigError("distributed.fsdp", "DeepSpeed and FSDP cannot both be on", "choose one")
+    if use_fsdp and not use_ds and cpu and world > 1:
+        # accelerate (1.x) selects FSDP only on accelerator devices (MULTI_GPU, NPU, XPU, ...); on CPU
+        # it silently falls back to no distribution at all (each rank trains its own copy).
+        raise ConfigError(
+            "distributed.fsdp",
+            "FSDP2 needs GPUs: accelerate does not run FSDP on CPU processes (gloo)",
+            "on CPU use distributed=ddp or distributed=deepspeed_zero2 / deepspeed_zero3",
+        )
     if use_ds:
         from accelerate.utils import DeepSpeedPlugin
 
         os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
         if cpu:
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
-        if dist_cfg.deepspeed_config:
+        # torchrun: distributed.deepspeed_config; accelerate launch: the yaml's deepspeed_config_file.
+        # Either way cgmed fills the JSON's "auto" entries: accelerate would only fill the micro
+        # batch size from a prepared DataLoader, which this loop does not hand to it.
+        ds_file = dist_cfg.deepspeed_config or os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
+        if ds_file and ds_file != "none":
             kwargs["deepspeed_plugin"] = DeepSpeedPlugin(
-                hf_ds_config=deepspeed_config(dist_cfg.deepspeed_config, train_cfg, world)
+                hf_ds_config=deepspeed_config(ds_file, train_cfg, world)
             )
         if cpu and world > 1:
             # accelerate picks no backend for DeepSpeed without GPUs; gloo makes it multi-process.
@@ -93,10 +126,19 @@ def make_accelerator(dist_cfg: DistributedConfig, train_cfg: TrainConfig) -> Any
             cpu_ram_efficient_loading=False,
         )
         os.environ.setdefault("ACCELERATE_USE_FSDP", "true")
-        if cpu and world > 1:
-            PartialState(backend=dist_cfg.backend or "gloo")
     else:
         kwargs["cpu"] = cpu
         if dist_cfg.backend and world > 1:
             PartialState(backend=dist_cfg.backend, cpu=cpu)
-    return Accelerator(**kwargs)
+    accelerator = Accelerator(**kwargs)
+    if use_ds and "deepspeed_plugin" not in kwargs:
+        # accelerate launch with a ZeRO stage in the yaml instead of a JSON file
+        fill_deepspeed_auto(accelerator.state.deepspeed_plugin.deepspeed_config, train_cfg, world)
+    if world > 1 and (accelerator.distributed_type.value == "NO" or accelerator.num_processes != world):
+        raise ConfigError(
+            "distributed",
+            f"{world} processes were started but accelerate set up {accelerator.distributed_type.value} "
+            f"with {accelerator.num_processes} process(es): the ranks would train unsynchronised copies",
+            "start with torchrun or accelerate launch and a supported distributed=... choice",
+        )
+    return accelerator

@@ -305,6 +305,11 @@ def save_final(accelerator: Any, model: Any, processor: Any, out: Path) -> Path:
     """The trained model in Hugging Face format: a full model, or the LoRA adapter (merge with cgmed-model export)."""
     state_dict = accelerator.get_state_dict(model)  # gathers ZeRO-3 / FSDP shards
     unwrapped = accelerator.unwrap_model(model)
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is not None and plugin.zero_stage == 3:
+        # transformers' ZeRO-3 loader records every weight-name conversion, used or not, and
+        # save_pretrained would revert the unused ones too ("model.model.layers.*").
+        unwrapped._weight_conversions = None
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         unwrapped.save_pretrained(out, state_dict=state_dict, safe_serialization=True)

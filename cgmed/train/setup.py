@@ -148,7 +148,8 @@ def apply_training_mode(
         if peft_cfg.method != "full":
             model.enable_input_require_grads()
         model.config.use_cache = False
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    # ZeRO-3 partitions parameters as the model loads (numel() is 0); ds_numel is the real size
+    trainable = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters() if p.requires_grad)
     if trainable == 0:
         raise ConfigError(
             "train.freeze_language", "no parameter is trainable", "unfreeze a part or use LoRA targets"
@@ -174,7 +175,7 @@ def param_groups(model: Any, adapter: BackboneAdapter, train_cfg: TrainConfig) -
         if not p.requires_grad:
             continue
         # no weight decay on biases and norms, as usual for transformers
-        decay = p.ndim >= 2
+        decay = len(getattr(p, "ds_shape", p.shape)) >= 2
         buckets.setdefault((_part(adapter, name), decay), []).append(p)
     groups = []
     for (part, decay), params in sorted(buckets.items()):
