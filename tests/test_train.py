@@ -408,3 +408,18 @@ def test_cgmed_model_init_cli(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
     assert cfg["model_type"] == "llava" and cfg["text_config"]["num_hidden_layers"] == 1
+
+
+def test_evaluation_during_training_gives_a_learning_curve(tiny, split, tmp_path):
+    manifest = small_manifest(split, tmp_path / "m.jsonl", 8)
+    tcfg = TrainConfig(**{**FAST, "max_steps": 4, "per_device_batch_size": 4, "eval_every": 2})
+    curves = {"target": str(split / "test.jsonl"), "seen": str(split / "seen_test.jsonl")}
+    train(ModelConfig(path=str(tiny["qwen2_vl"])), tcfg, PeftConfig(), DistributedConfig(), str(manifest),
+          tmp_path / "run", eval_manifests=curves)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    points = {r["step"]: r for r in rows if "eval/target/accuracy" in r}
+    assert sorted(points) == [2, 4]
+    for step, row in points.items():
+        preds = (tmp_path / "run" / "curve" / f"step-{step:06d}" / "seen" / "predictions.jsonl").read_text()
+        correct = [json.loads(x)["correct"] for x in preds.splitlines()]
+        assert row["eval/seen/accuracy"] == pytest.approx(sum(correct) / len(correct))
