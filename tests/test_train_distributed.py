@@ -384,3 +384,46 @@ def test_accelerate_yaml_loads_and_launches_8_processes(name, monkeypatch):
     elif name == "fsdp2":
         plugin = FullyShardedDataParallelPlugin()
         assert plugin.fsdp_version == 2 and plugin.reshard_after_forward is True
+
+
+def test_cg_protocol_under_torchrun_with_deepspeed_zero3(small_bucket_configs, tmp_path):
+    """cgmed-cg on every rank: data and reports on rank 0, two ZeRO-3 trainings in one process
+    (accelerate allows one DeepSpeed plugin per process), evaluation of the saved models."""
+    out = tmp_path / "cg"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "cgmed.cg",
+        "experiment=demo",
+        "cg.only=[ct_lung_cancer]",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "synth.images_per_subset=40",
+        "synth.image_size=56",
+        "cg.tiny_base.image_size=56",
+        "cg.tiny_base.text_hidden=64",
+        "cg.tiny_base.text_layers=2",
+        "cg.tiny_base.vision_hidden=32",
+        "cg.tiny_base.vision_layers=2",
+        "train.max_steps=3",
+        "train.per_device_batch_size=4",
+        "distributed=deepspeed_zero3",
+        f"distributed.deepspeed_config={small_bucket_configs['zero3']}",
+        f"hydra.run.dir={out}",
+    ]
+    res = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=2 * TIMEOUT)
+    assert res.returncode == 0, res.stderr[-4000:]
+    report = json.loads((out / "cg_report.json").read_text())
+    (row,) = report["targets"]
+    assert {"baseline", "baseline_plus", "trained", "seen_accuracy"} <= set(row)
+    for arm in ("trained", "baseline_plus"):
+        final = out / "ct_lung_cancer" / "seed-0" / arm / "final" / "model.safetensors"
+        # the same tensor names as the base checkpoint (no ZeRO-3 "model.model." renaming)
+        assert set(load_file(str(final))) == set(load_file(str(out / "base" / "model.safetensors")))
+        steps = [
+            json.loads(x)["step"] for x in (final.parent.parent / "metrics.jsonl").read_text().splitlines()
+        ]
+        assert steps == [1, 2, 3]

@@ -145,7 +145,9 @@ def run_protocol(cg: CGConfig, data: DataConfig, split: SplitConfig, synth: Any,
                  run_dir: Path, dry_run: bool = False) -> dict[str, Any]:
     """The whole protocol; returns the report document (and writes it unless ``dry_run``)."""
     from cgmed.cg.report import print_plan, write_report
+    from cgmed.train.distributed import init_process_state
 
+    init_process_state(dist)  # every rank runs this driver; its barriers use the training process group
     root = resolve_root(data, synth) if _is_main() else None
     _barrier()
     root = root or resolve_root(data, synth)

@@ -58,9 +58,36 @@ def deepspeed_config(path: str, train_cfg: TrainConfig, world: int) -> dict[str,
     return fill_deepspeed_auto(json.loads(p.read_text()), train_cfg, world)
 
 
+def init_process_state(dist_cfg: DistributedConfig) -> Any:
+    """Set up this process's accelerate ``PartialState`` the way the run's Accelerator will need it.
+
+    Drivers that do other work before training (``cgmed-cg`` builds data and evaluates on every
+    rank) call it first, so that their barriers and the later Accelerator share one process group.
+    """
+    import torch
+    from accelerate import PartialState
+
+    cpu = not torch.cuda.is_available()
+    world = _world_size()
+    use_ds = bool(dist_cfg.deepspeed_config) or os.environ.get("ACCELERATE_USE_DEEPSPEED", "") == "true"
+    if use_ds:
+        os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+        if cpu:
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
+            if world > 1:
+                # accelerate picks no backend for DeepSpeed without GPUs; gloo makes it multi-process.
+                return PartialState(backend=dist_cfg.backend or "gloo")
+        return PartialState()
+    if dist_cfg.fsdp:
+        return PartialState()
+    if dist_cfg.backend and world > 1:
+        return PartialState(backend=dist_cfg.backend, cpu=cpu)
+    return PartialState(cpu=cpu)
+
+
 def make_accelerator(dist_cfg: DistributedConfig, train_cfg: TrainConfig) -> Any:
     import torch
-    from accelerate import Accelerator, PartialState
+    from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
 
     cpu = not torch.cuda.is_available()
@@ -99,12 +126,10 @@ def make_accelerator(dist_cfg: DistributedConfig, train_cfg: TrainConfig) -> Any
             "FSDP2 needs GPUs: accelerate does not run FSDP on CPU processes (gloo)",
             "on CPU use distributed=ddp or distributed=deepspeed_zero2 / deepspeed_zero3",
         )
+    init_process_state(dist_cfg)
     if use_ds:
         from accelerate.utils import DeepSpeedPlugin
 
-        os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
-        if cpu:
-            os.environ.setdefault("DS_ACCELERATOR", "cpu")
         # torchrun: distributed.deepspeed_config; accelerate launch: the yaml's deepspeed_config_file.
         # Either way cgmed fills the JSON's "auto" entries: accelerate would only fill the micro
         # batch size from a prepared DataLoader, which this loop does not hand to it.
@@ -113,9 +138,6 @@ def make_accelerator(dist_cfg: DistributedConfig, train_cfg: TrainConfig) -> Any
             kwargs["deepspeed_plugin"] = DeepSpeedPlugin(
                 hf_ds_config=deepspeed_config(ds_file, train_cfg, world)
             )
-        if cpu and world > 1:
-            # accelerate picks no backend for DeepSpeed without GPUs; gloo makes it multi-process.
-            PartialState(backend=dist_cfg.backend or "gloo")
     elif dist_cfg.fsdp:
         from accelerate.utils import FullyShardedDataParallelPlugin
 
@@ -128,8 +150,18 @@ def make_accelerator(dist_cfg: DistributedConfig, train_cfg: TrainConfig) -> Any
         os.environ.setdefault("ACCELERATE_USE_FSDP", "true")
     else:
         kwargs["cpu"] = cpu
-        if dist_cfg.backend and world > 1:
-            PartialState(backend=dist_cfg.backend, cpu=cpu)
+    plugin = kwargs.get("deepspeed_plugin")
+    if plugin is not None:
+        from accelerate.state import AcceleratorState
+
+        if AcceleratorState._shared_state and AcceleratorState().deepspeed_plugins is not None:
+            # A second run in this process (cgmed-cg trains several models): accelerate allows one
+            # DeepSpeed plugin per process, so the existing one takes this run's config.
+            existing = AcceleratorState().deepspeed_plugin
+            existing.deepspeed_config.clear()
+            existing.deepspeed_config.update(plugin.deepspeed_config)
+            existing.set_deepspeed_weakref()
+            del kwargs["deepspeed_plugin"]
     accelerator = Accelerator(**kwargs)
     if use_ds and "deepspeed_plugin" not in kwargs:
         # accelerate launch with a ZeRO stage in the yaml instead of a JSON file

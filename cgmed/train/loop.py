@@ -280,6 +280,12 @@ def train(
     if step == total:
         final_dir = save_final(accelerator, model, processor, output_dir / "final")
     accelerator.wait_for_everyone()
+    if ds:
+        # accelerate left a global "ZeRO-3 is on" marker for transformers; models loaded later in this
+        # process (cgmed-cg evaluates right after training) must load whole, not partitioned.
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
     # No end_training(): it destroys the process group, and cgmed-cg trains several models in one
     # process. The CLI tears the group down at exit.
     return TrainResult(output_dir, final_dir, step, last_loss, stopped)
