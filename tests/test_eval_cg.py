@@ -33,14 +33,19 @@ TARGET = CGTarget(
 )
 
 
-def protocol(run_dir: Path, cache: Path, **cg_kw):
-    synth = SynthConfig(
+def world() -> SynthConfig:
+    """12 subsets: CT / MRI / X-ray x Lung / Brain x Cancer / Diseases, 56 px like the tiny model."""
+    return SynthConfig(
         modalities=["CT", "MRI", "X-ray"],
         areas=["Lung", "Brain"],
         images_per_subset=40,
         image_size=56,
         test_fraction=0.2,
     )
+
+
+def protocol(run_dir: Path, cache: Path, **cg_kw):
+    synth = world()
     cg = CGConfig(targets=[TARGET], tiny_base=TinyBase(), **cg_kw)
     split = SplitConfig(cap_per_subset=20, options=OptionsConfig(mode="rebuild", order="sorted"))
     train = TrainConfig(
@@ -265,13 +270,7 @@ def test_bad_inputs_fail_before_work(cg_run, tmp_path):
         from cgmed.data.build import resolve_root
         from cgmed.data.source import open_source
 
-        synth = SynthConfig(
-            modalities=["CT", "MRI", "X-ray"],
-            areas=["Lung", "Brain"],
-            images_per_subset=40,
-            image_size=56,
-            test_fraction=0.2,
-        )
+        synth = world()
         data = DataConfig(cache_dir=str(root / "cache"))
         plan_targets(
             CGConfig(targets=[no_related]), SplitConfig(), open_source(data, resolve_root(data, synth))

@@ -186,6 +186,20 @@ def check_image(path: Path) -> None:
         raise BadSample("unreadable image", f"cannot decode image {path}: {err}") from None
 
 
+def records_at(index: SubsetIndex, positions: list[int]) -> Iterator[tuple[int, Path, int, Any]]:
+    """``(position, file, offset, raw record)`` for index positions, read file by file in offset order."""
+    by_file: dict[int, list[int]] = {}
+    for p in positions:
+        by_file.setdefault(index.file_id[p], []).append(p)
+    for file_no, plist in sorted(by_file.items()):
+        path = index.files[file_no]
+        order = sorted(plist, key=lambda p: index.offset[p])
+        for p, (offset, obj) in zip(
+            order, read_records_at(path, [index.offset[p] for p in order]), strict=True
+        ):
+            yield p, path, offset, obj
+
+
 class Source(abc.ABC):
     """Common interface of the readers."""
 
@@ -353,33 +367,26 @@ class MedMatSource(Source):
 
     def load(self, index: SubsetIndex, positions: list[int]) -> Iterator[tuple[int, Sample]]:
         info = index.info
-        by_file: dict[int, list[int]] = {}
-        for p in positions:
-            by_file.setdefault(index.file_id[p], []).append(p)
-        for file_no, plist in sorted(by_file.items()):
-            path = index.files[file_no]
+        for p, path, _, obj in records_at(index, positions):
             split = "test" if path.name.endswith(("-test.json", "-test.jsonl")) else "train"
-            order = sorted(plist, key=lambda p: index.offset[p])
-            records = read_records_at(path, [index.offset[p] for p in order])
-            for p, (_, obj) in zip(order, records, strict=True):
-                image, instruction, options, letter = parse_medmat_record(obj)
-                yield (
-                    p,
-                    Sample(
-                        id=f"{info.id}-{split}-{obj['id']}",
-                        subset=info.id,
-                        modality=info.modality,
-                        area=info.area,
-                        task=info.task,
-                        image=str(self.resolve_image(image)),
-                        label=options[LETTERS.index(letter)],
-                        question=instruction,
-                        options=options,
-                        answer=letter,
-                        source_split="test" if index.is_test[p] else "train",
-                        data_no=None if obj.get("data-no") is None else str(obj["data-no"]),
-                    ),
-                )
+            image, instruction, options, letter = parse_medmat_record(obj)
+            yield (
+                p,
+                Sample(
+                    id=f"{info.id}-{split}-{obj['id']}",
+                    subset=info.id,
+                    modality=info.modality,
+                    area=info.area,
+                    task=info.task,
+                    image=str(self.resolve_image(image)),
+                    label=options[LETTERS.index(letter)],
+                    question=instruction,
+                    options=options,
+                    answer=letter,
+                    source_split="test" if index.is_test[p] else "train",
+                    data_no=None if obj.get("data-no") is None else str(obj["data-no"]),
+                ),
+            )
 
 
 # --------------------------------------------------------------------------- conversation files
@@ -549,32 +556,25 @@ class ConversationSource(Source):
 
     def load(self, index: SubsetIndex, positions: list[int]) -> Iterator[tuple[int, Sample]]:
         info = index.info
-        by_file: dict[int, list[int]] = {}
-        for p in positions:
-            by_file.setdefault(index.file_id[p], []).append(p)
-        for file_no, plist in sorted(by_file.items()):
-            path = index.files[file_no]
-            order = sorted(plist, key=lambda p: index.offset[p])
-            records = read_records_at(path, [index.offset[p] for p in order])
-            for p, (offset, obj) in zip(order, records, strict=True):
-                rec = self._parse(obj, f"{path.name} at byte {offset}")
-                rid = rec["id"] or f"{path.stem}@{offset}"
-                yield (
-                    p,
-                    Sample(
-                        id=f"{info.id}-{rid}",
-                        subset=info.id,
-                        modality=info.modality,
-                        area=info.area,
-                        task=info.task,
-                        image=str(self.resolve_image(rec["image"])),
-                        label=rec["label"],
-                        question=rec["instruction"],
-                        options=rec["options"],
-                        answer=rec["answer"],
-                        source_split="test" if index.is_test[p] else "train",
-                    ),
-                )
+        for p, path, offset, obj in records_at(index, positions):
+            rec = self._parse(obj, f"{path.name} at byte {offset}")
+            rid = rec["id"] or f"{path.stem}@{offset}"
+            yield (
+                p,
+                Sample(
+                    id=f"{info.id}-{rid}",
+                    subset=info.id,
+                    modality=info.modality,
+                    area=info.area,
+                    task=info.task,
+                    image=str(self.resolve_image(rec["image"])),
+                    label=rec["label"],
+                    question=rec["instruction"],
+                    options=rec["options"],
+                    answer=rec["answer"],
+                    source_split="test" if index.is_test[p] else "train",
+                ),
+            )
 
 
 def open_source(cfg: DataConfig, root: str | Path) -> Source:
