@@ -13,7 +13,10 @@ from hydra import compose, initialize_config_dir
 from cgmed.cli.hydra_app import CONF_DIR, register_configs, typed_config
 
 REPO = Path(__file__).resolve().parents[1]
-EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+EXPERIMENTS = sorted(
+    str(p.relative_to(CONF_DIR / "experiment").with_suffix(""))
+    for p in (CONF_DIR / "experiment").rglob("*.yaml")
+)
 
 
 def compose_cfg(overrides: list[str]):
@@ -29,8 +32,9 @@ def test_default_config_validates():
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_every_experiment_composes_and_validates(name):
-    typed = typed_config(compose_cfg([f"experiment={name}"]))
-    assert set(typed) == {"data", "split", "synth"}
+    groups = ("data", "split", "synth", "model", "train", "peft", "distributed", "eval", "cg", "tiny")
+    typed = typed_config(compose_cfg([f"experiment={name}"]), groups)  # every group, every key checked
+    assert set(typed) == set(groups)
 
 
 def test_conversation_data_group():
@@ -90,7 +94,13 @@ def test_cli_synth_then_default_world_build(tmp_path):
     assert json.loads(res.stdout)["subsets"] == 18
     # no data.root: the synthetic world is generated into data.cache_dir and used
     out = tmp_path / "split"
-    args = ["build", "experiment=demo_data", f"data.cache_dir={tmp_path / 'cache'}", *small, f"hydra.run.dir={out}"]
+    args = [
+        "build",
+        "experiment=demo_data",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        *small,
+        f"hydra.run.dir={out}",
+    ]
     res = cli(*args, cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     meta = json.loads((out / "split_meta.json").read_text())

@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import random
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from PIL import Image
 
 from cgmed.data import synth
 from cgmed.data.choices import LETTERS, parse_question_choice
+from cgmed.data.source import BadSamples, DataConfig, MedMatSource
+from cgmed.data.subsets import MEDMAT_SUBSETS
 from cgmed.data.synth import SynthConfig, render, write_release
 from cgmed.data.vocab import AREAS, MODALITIES
 from cgmed.errors import ConfigError, DataError
@@ -258,6 +261,7 @@ def test_labels_are_balanced(tmp_path):
         ({"test_fraction": 0.0}, "synth.test_fraction"),
         ({"test_file": "some"}, "synth.test_file"),
         ({"option_order": "random"}, "synth.option_order"),
+        ({"layout": "lattice"}, "synth.layout"),
         ({"images_per_subset": 5}, "synth.images_per_subset"),
         ({"images_per_subset": 6, "test_fraction": 0.6}, "synth.test_fraction"),
     ],
@@ -383,3 +387,115 @@ def test_finding_colours_contrast_with_every_organ():
             >= synth.MIN_CONTRAST
         )
     assert len({synth.palette(m) for m in MODALITIES}) == len(MODALITIES)
+
+
+# ------------------------------------------------------------------ medmat layout (stand-in for the release)
+
+MEDMAT_IDS = [f"{i:02d}" for i in range(1, 38)]
+
+
+def medmat_cfg(**kw) -> SynthConfig:
+    base = dict(layout="medmat", images_per_subset=8, image_size=32, test_fraction=0.5)
+    base.update(kw)
+    return SynthConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def medmat_world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("medmat")
+    summary = write_release(medmat_cfg(), root)
+    return root, summary
+
+
+def test_medmat_layout_writes_the_37_classification_subsets(medmat_world):
+    root, summary = medmat_world
+    assert summary["subsets"] == 37 and summary["images"] == 37 * 8
+    catalog = json.loads((root / "cgmed_catalog.json").read_text())
+    assert catalog["layout"] == "medmat" and catalog["config"]["layout"] == "medmat"
+    assert [e["id"] for e in catalog["subsets"]] == MEDMAT_IDS
+    files = sorted(p.name for p in (root / "Aggregated_Subsets").iterdir())
+    assert files == sorted(f"Subset--{sid}-{split}.json" for sid in MEDMAT_IDS for split in ("train", "test"))
+    for e in catalog["subsets"]:
+        info = MEDMAT_SUBSETS[e["id"]]
+        assert (e["modality"], e["area"], e["task"]) == info.triplet
+        assert e["status"] == info.status and e["status"] in ("ID", "OOD")
+        assert e["labels"] == synth.MEDMAT_TASK_LABELS[info.task]
+        assert e["name"] == f"Synthetic {info.name}"
+        agg = root / "Aggregated_Subsets"
+        train, test = read(agg / f"Subset--{e['id']}-train.json"), read(agg / f"Subset--{e['id']}-test.json")
+        assert len(train) == len(test) == 4
+        for r in train + test:
+            assert set(r) == FIELDS and r["caption"] in e["labels"]
+            assert r["data-no"] == str(info.sources[0])
+            # subsets sharing a triplet (25/35, 27/36, 14/15, 16/34, 29/37) keep separate folders
+            assert r["image"].startswith(f"med-mat/Synth {e['id']} ")
+            assert (root / r["image"]).is_file()
+    # the ID/OOD split of the paper's Tables 1/2: 25 ID and 12 OOD subsets
+    statuses = Counter(e["status"] for e in catalog["subsets"])
+    assert statuses == {"ID": 25, "OOD": 12}
+    assert not any((root / "Aggregated_Subsets" / f"Subset--{i}-train.json").exists() for i in (38, 53))
+
+
+def test_medmat_layout_reads_back_with_no_bad_records(medmat_world, tmp_path):
+    root, _ = medmat_world
+    source = MedMatSource(DataConfig(), root)
+    declared = source.subsets()
+    assert list(declared) == MEDMAT_IDS
+    bad = BadSamples()
+    for sid, info in declared.items():
+        idx = source.index(sid, bad)
+        assert len(idx) == 8 and idx.has_test_file
+        assert sorted(idx.labels) == sorted(synth.MEDMAT_TASK_LABELS[info.task])
+        loaded = list(source.load_checked(idx, list(range(len(idx))), bad))
+        assert len(loaded) == 8 and all(s.subset == sid for _, s in loaded)
+    assert bad.total == 0, bad.report()
+    # the catalog file declares the same triplets and status as the built-in Med-MAT table:
+    # the reader without the catalog (the real release's case) sees the same subsets
+    bare = tmp_path / "bare"
+    shutil.copytree(root / "Aggregated_Subsets", bare / "Aggregated_Subsets")
+    builtin = MedMatSource(DataConfig(), bare).subsets()
+    assert list(builtin) == MEDMAT_IDS
+    for sid in MEDMAT_IDS:
+        assert builtin[sid].triplet == declared[sid].triplet == MEDMAT_SUBSETS[sid].triplet
+        assert builtin[sid].status == declared[sid].status
+
+
+def test_medmat_layout_is_deterministic_and_ignores_grid_fields(medmat_world, tmp_path):
+    root, _ = medmat_world
+    other = medmat_cfg(modalities=["MRI"], areas=["Lung"], tasks={"Cancer": ["Normal", "Tumor"]})
+    assert other.triplets() == medmat_cfg().triplets() == [MEDMAT_SUBSETS[s].triplet for s in MEDMAT_IDS]
+    write_release(other, tmp_path / "again")
+    a, b = digests(root), digests(tmp_path / "again")
+    assert set(a) == set(b)
+    assert all(a[k] == b[k] for k in a if k != "cgmed_catalog.json")  # the catalog records the config
+    with pytest.raises(ConfigError) as err:
+        medmat_cfg(images_per_subset=6)  # Diseases and Level have 4 labels
+    assert err.value.key == "synth.images_per_subset"
+
+
+def test_grid_catalog_has_no_layout_key(tmp_path):
+    write_release(small(modalities=["CT"], areas=["Lung"]), tmp_path)
+    catalog = json.loads((tmp_path / "cgmed_catalog.json").read_text())
+    assert "layout" not in catalog and "layout" not in catalog["config"]
+
+
+def test_medmat_findings_are_consistent_and_visible():
+    cfg = medmat_cfg()
+    by_tag: dict[str, set] = {}
+    for spec in cfg.subsets():
+        looks = tuple(synth.finding_for(spec.task, lab, spec.labels) for lab in spec.labels)
+        by_tag.setdefault(spec.task, set()).add(looks)
+        assert len(set(looks)) == len(looks), spec.id  # labels of a subset look different
+        for lab in spec.labels:
+            for other in spec.labels:
+                if other <= lab:
+                    continue
+                for seed in (0, 1):
+                    a, b = pair(spec.modality, spec.area, spec.task, lab, other, seed=seed, size=32,
+                                labels=spec.labels)
+                    assert np.any(a != b, axis=-1).sum() >= 5, (spec.id, lab, other)
+    assert all(len(v) == 1 for v in by_tag.values())  # one look per label and task tag, in every subset
+    # the merge rule in pixels: the diseased label of State, COVID and Cancer is one finding
+    diseased = {synth.finding_for(t, lab, synth.MEDMAT_TASK_LABELS[t])
+                for t, lab in (("State", "Abnormal"), ("COVID", "COVID-19"), ("Cancer", "Tumor"))}
+    assert len(diseased) == 1

@@ -12,7 +12,19 @@ by one and compose them into combinations it never saw:
 
 ``write_release`` writes ``Aggregated_Subsets/Subset--NN-{train,test}.json``, the PNG images
 under ``med-mat/`` and a ``cgmed_catalog.json`` declaring each subset's triplet, so every
-reader path of cgmed runs on it. Output is a pure function of the config: every image and
+reader path of cgmed runs on it.
+
+Two layouts (``synth.layout``):
+
+- ``grid`` (default): the subsets are ``synth.modalities x synth.areas x synth.tasks`` (or
+  ``synth.combinations``), numbered 01, 02, ... in that order, all with status ID.
+- ``medmat``: a stand-in for the whole Med-MAT classification release: subsets 01-37 with
+  their real ids, MAT triplets (CG task tags) and ID/OOD status from
+  ``cgmed.data.subsets.MEDMAT_SUBSETS``, and synthetic labels per task tag
+  (``MEDMAT_TASK_LABELS``). ``synth.modalities/areas/tasks/combinations`` are ignored there.
+  The detection/segmentation subsets 38-53 are not written (this world draws no boxes or
+  masks; detection is a later addition). Configs written for the real release (e.g.
+  ``conf/experiment/paper/``) then run unchanged on synthetic pixels. Output is a pure function of the config: every image and
 record draws from its own RNG (``rng_for(seed, subset, split, index)``), so files are
 byte-identical between runs and independent of iteration order.
 """
@@ -37,6 +49,7 @@ from PIL import Image
 
 from cgmed.data import choices
 from cgmed.data.record import rng_for, stable_int
+from cgmed.data.subsets import MEDMAT_SUBSETS
 from cgmed.data.vocab import Vocabulary
 from cgmed.errors import ConfigError, DataError
 
@@ -48,11 +61,45 @@ IMAGES_DIR = "med-mat"
 _FOLDER_PREFIX = "Synth "
 TEST_FILE_MODES = ("all", "none", "alternate")
 OPTION_ORDERS = ("shuffle", "sorted")
+LAYOUTS = ("grid", "medmat")
 # Detection / segmentation need boxes and masks, which this world does not draw.
 _UNSUPPORTED_TASKS = ("Det", "Seg")
 _BAD_LABEL_CHARS = re.compile(r"[/\\\x00-\x1f]")
 
 RGB = tuple[int, int, int]
+
+# Labels of the ``medmat`` layout, one list per CG task tag, so every subset with a tag shows the
+# same findings (render rules below: one finding per label and task). Under these rules the
+# diseased label of State, COVID and Cancer (Abnormal, COVID-19, Tumor) is the same yellow disc,
+# which mirrors the paper's merge of COVID and Cancer into State; Diseases shares Tumor with
+# Cancer; Level draws 1-4 dots; Recognition and Quality draw distinct shapes.
+MEDMAT_TASK_LABELS: dict[str, list[str]] = {
+    "Quality": ["Good", "Usable", "Reject"],
+    "COVID": ["Normal", "COVID-19", "Pneumonia"],
+    "Cancer": ["Normal", "Tumor"],
+    "State": ["Normal", "Abnormal"],
+    "Level": ["Level 0", "Level 1", "Level 2", "Level 3"],
+    "Diseases": ["Normal", "Cyst", "Stone", "Tumor"],
+    "Recognition": ["Lymphocyte", "Neutrophil", "Eosinophil"],
+}
+# The classification subsets of Med-MAT (01-37): the ones the medmat layout writes.
+MEDMAT_LAYOUT_IDS = tuple(sid for sid, info in MEDMAT_SUBSETS.items() if info.status in ("ID", "OOD"))
+
+
+@dataclass(frozen=True)
+class SubsetSpec:
+    """One subset the generator writes: id, triplet, labels and what the catalog says of it."""
+
+    id: str
+    number: int  # 1-based; decides the test file under test_file=alternate
+    modality: str
+    area: str
+    task: str
+    labels: tuple[str, ...]
+    name: str
+    status: str
+    data_no: str  # the records' "data-no" field
+    folder: str  # image folder under med-mat/
 
 
 # --------------------------------------------------------------------------------------------
@@ -76,8 +123,13 @@ class SynthConfig:
     test_fraction: float = 0.1  # share of each subset written to its test file
     option_order: str = "shuffle"  # shuffle | sorted, see choices.make_options
     seed: int = 0
+    # grid: the subsets above; medmat: Med-MAT's classification subsets 01-37 (real ids, triplets,
+    # status) with MEDMAT_TASK_LABELS; modalities/areas/tasks/combinations are then ignored.
+    layout: str = "grid"
 
     def __post_init__(self) -> None:
+        if self.layout not in LAYOUTS:
+            raise ConfigError("synth.layout", f"{self.layout!r} is not one of {list(LAYOUTS)}")
         vocab = Vocabulary()
         self.modalities = self._elements(vocab, "modality", "modalities", self.modalities)
         self.areas = self._elements(vocab, "area", "areas", self.areas)
@@ -195,7 +247,7 @@ class SynthConfig:
                 f"is 0 but test_file={self.test_file!r} asks for test files",
                 "set it > 0 or test_file=none",
             )
-        most = max(len(self.tasks[t]) for _, _, t in self.triplets())
+        most = max(len(spec.labels) for spec in self.subsets())
         if isinstance(self.images_per_subset, bool) or not isinstance(self.images_per_subset, int):
             raise ConfigError(
                 "synth.images_per_subset", f"must be an integer, got {self.images_per_subset!r}"
@@ -215,11 +267,51 @@ class SynthConfig:
             )
 
     def triplets(self) -> list[tuple[str, str, str]]:
-        """(modality, area, task) per subset; subset ``NN`` is entry ``NN - 1``."""
+        """(modality, area, task) per subset, in subset order (grid: subset ``NN`` is entry ``NN - 1``)."""
+        if self.layout == "medmat":
+            return [MEDMAT_SUBSETS[sid].triplet for sid in MEDMAT_LAYOUT_IDS]
         if self.combinations is None:
             # M outer, A middle, T inner: the subset numbering the docs promise.
             return [(m, a, t) for m in self.modalities for a in self.areas for t in self.tasks]
         return [(m, a, t) for m, a, t in self.combinations]
+
+    def subsets(self) -> list[SubsetSpec]:
+        """Every subset the generator writes, in file order."""
+        if self.layout == "medmat":
+            out = []
+            for sid in MEDMAT_LAYOUT_IDS:
+                info = MEDMAT_SUBSETS[sid]
+                out.append(
+                    SubsetSpec(
+                        id=sid,
+                        number=int(sid),
+                        modality=info.modality,
+                        area=info.area,
+                        task=info.task,
+                        labels=tuple(MEDMAT_TASK_LABELS[info.task]),
+                        name=f"Synthetic {info.name}",
+                        status=info.status,
+                        data_no=str(info.sources[0]) if info.sources else str(1000 + int(sid)),
+                        # the id keeps subsets with one triplet (25/35, 27/36 ...) in separate folders
+                        folder=f"{_FOLDER_PREFIX}{sid} {info.modality}_{info.area} ({info.task})",
+                    )
+                )
+            return out
+        return [
+            SubsetSpec(
+                id=f"{number:02d}",
+                number=number,
+                modality=m,
+                area=a,
+                task=t,
+                labels=tuple(self.tasks[t]),
+                name=subset_name(m, a, t),
+                status="ID",
+                data_no=str(1000 + number),
+                folder=image_folder(m, a, t),
+            )
+            for number, (m, a, t) in enumerate(self.triplets(), start=1)
+        ]
 
     def has_test_file(self, number: int) -> bool:
         """Whether subset ``number`` (1-based) gets a ``Subset--NN-test.json``."""
@@ -885,6 +977,9 @@ def write_release(cfg: SynthConfig, out: str | Path) -> dict[str, Any]:
     Writes ``Aggregated_Subsets/Subset--NN-train.json`` (and ``-test.json`` per
     ``cfg.test_file``), the PNG images under ``med-mat/`` and ``cgmed_catalog.json`` (last, so
     its presence marks a complete world). Earlier synthetic output in ``out`` is replaced.
+    With ``cfg.layout == "medmat"`` the subsets are Med-MAT's classification subsets 01-37
+    (real ids, triplets and ID/OOD status; detection subsets 38-53 are out of scope) with
+    ``MEDMAT_TASK_LABELS`` as labels and each subset's first source dataset as ``data-no``.
     Returns ``{"root", "subsets", "images", "seconds"}``.
     """
     start = time.perf_counter()
@@ -894,10 +989,10 @@ def write_release(cfg: SynthConfig, out: str | Path) -> dict[str, Any]:
     (root / SUBSETS_DIR).mkdir(exist_ok=True)
     entries = []
     n_images = 0
-    for number, (m, a, t) in enumerate(cfg.triplets(), start=1):
-        sid = f"{number:02d}"
-        labels = cfg.tasks[t]
-        folder = image_folder(m, a, t)
+    for spec in cfg.subsets():
+        sid, number, m, a, t = spec.id, spec.number, spec.modality, spec.area, spec.task
+        labels = list(spec.labels)
+        folder = spec.folder
         for label in labels:
             (root / IMAGES_DIR / folder / label).mkdir(parents=True, exist_ok=True)
         n = cfg.images_per_subset
@@ -924,7 +1019,7 @@ def write_release(cfg: SynthConfig, out: str | Path) -> dict[str, Any]:
                     "Answer": label,
                     "Question-choice": choices.format_question(question, options),
                     "Answer-choice": letter,
-                    "data-no": str(1000 + number),
+                    "data-no": spec.data_no,
                 }
             )
             n_images += 1
@@ -937,18 +1032,23 @@ def write_release(cfg: SynthConfig, out: str | Path) -> dict[str, Any]:
                 "modality": m,
                 "area": a,
                 "task": t,
-                "name": subset_name(m, a, t),
-                "status": "ID",
+                "name": spec.name,
+                "status": spec.status,
                 "labels": list(labels),
             }
         )
+    config = asdict(cfg)  # lets a cache tell whether this world matches a requested config
+    if cfg.layout == "grid":
+        del config["layout"]  # grid catalogs stay byte-identical to those written before layouts existed
     catalog = {
         "format": CATALOG_FORMAT,
         "name": "synthetic",
         "seed": cfg.seed,
-        "config": asdict(cfg),  # lets a cache tell whether this world matches a requested config
+        "config": config,
         "subsets": entries,
     }
+    if cfg.layout != "grid":
+        catalog["layout"] = cfg.layout
     (root / CATALOG_FILE).write_text(
         json.dumps(catalog, indent=1, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8"
     )
