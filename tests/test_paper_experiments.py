@@ -59,8 +59,19 @@ def info(entry: dict) -> SubsetInfo:
 def dry_run(name: str, root: Path, run_dir: Path, extra: list[str] = ()) -> tuple[dict, dict]:
     cfg = compose_cfg([f"experiment=paper/{name}", f"data.root={root}", *extra])
     t = typed_config(cfg, GROUPS)
-    doc = run_protocol(t["cg"], t["data"], t["split"], t["synth"], t["model"], t["train"], t["peft"],
-                       t["distributed"], t["eval"], run_dir, dry_run=True)
+    doc = run_protocol(
+        t["cg"],
+        t["data"],
+        t["split"],
+        t["synth"],
+        t["model"],
+        t["train"],
+        t["peft"],
+        t["distributed"],
+        t["eval"],
+        run_dir,
+        dry_run=True,
+    )
     return t, doc
 
 
@@ -119,16 +130,26 @@ def test_generator_matches_the_files():
 @pytest.mark.parametrize("name", BASES)
 def test_base_files_set_the_paper_setup(name):
     t = typed_config(compose_cfg([f"experiment=paper/{name}"]), GROUPS)
-    want = {"_llava": ("llava-hf/llava-1.5-7b-hf", "llava", 5e-6),
-            "_qwen2vl": ("Qwen/Qwen2-VL-7B-Instruct", "qwen2_vl", 2e-6),
-            "_llama32v": ("meta-llama/Llama-3.2-11B-Vision-Instruct", "mllama", 2e-6)}[name]
+    want = {
+        "_llava": ("llava-hf/llava-1.5-7b-hf", "llava", 5e-6),
+        "_qwen2vl": ("Qwen/Qwen2-VL-7B-Instruct", "qwen2_vl", 2e-6),
+        "_llama32v": ("meta-llama/Llama-3.2-11B-Vision-Instruct", "mllama", 2e-6),
+    }[name]
     assert (t["model"].path, t["model"].family, t["train"].lr) == want
     tr = t["train"]
-    assert (tr.max_steps, tr.epochs, tr.per_device_batch_size * 8 * tr.grad_accum, tr.precision) == (-1, 5, 32, "bf16")
+    assert (tr.max_steps, tr.epochs, tr.per_device_batch_size * 8 * tr.grad_accum, tr.precision) == (
+        -1,
+        5,
+        32,
+        "bf16",
+    )
     assert t["peft"].method == "full" and t["data"].root is None and t["synth"].layout == "medmat"
     assert t["split"].cap_per_subset == 3000 and not t["cg"].targets
     # a command-line group choice still wins over the base's defaults
-    assert typed_config(compose_cfg([f"experiment=paper/{name}", "peft=lora"]), ("peft",))["peft"].method == "lora"
+    assert (
+        typed_config(compose_cfg([f"experiment=paper/{name}", "peft=lora"]), ("peft",))["peft"].method
+        == "lora"
+    )
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -199,10 +220,62 @@ def test_paper_experiment_plans_on_the_standin(name, standin, tmp_path, capsys):
 def test_table3_rows_use_the_printed_names(standin, tmp_path):
     """Spot checks of the resolution rule against the paper's names."""
     t, _ = dry_run("table3_fm", standin, tmp_path / "run", ["cg.only=[t3_row05,t3_row02,t3_row13]"])
-    got = {n: [x["id"] for x in metas(tmp_path / "run", n)["related"]["train_subsets"]]
-           for n in ("t3_row05", "t3_row02", "t3_row13")}
+    got = {
+        n: [x["id"] for x in metas(tmp_path / "run", n)["related"]["train_subsets"]]
+        for n in ("t3_row05", "t3_row02", "t3_row13")
+    }
     assert got == {
         "t3_row05": ["25", "32", "35"],  # X-ray Bones Level (25, 35) + X-ray Brain State (32, a tumour set)
         "t3_row02": ["04", "05"],  # CT Lung Cancer + CT Brain State (not 06, CT Brain Cancer)
         "t3_row13": ["27", "28", "36"],  # X-ray Lung COVID + X-ray Bones Diseases (27, 36)
     }
+
+
+TINY_RUN = [
+    "model.path=null",
+    "model.family=null",
+    "cg.tiny_base={family: qwen2_vl, image_size: 56, text_hidden: 64, text_layers: 2, vision_hidden: 32,"
+    " vision_layers: 2, seed: 0}",
+    "train.max_steps=3",
+    "train.per_device_batch_size=4",
+    "train.precision=fp32",
+    "train.gradient_checkpointing=false",
+    "train.progress_bar=false",
+    "train.tensorboard=false",
+    "eval.batch_size=32",
+    "eval.bootstrap=100",
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "only", "arms"),
+    [
+        ("table3_ft", "t3_row24", {"baseline", "baseline_plus", "trained"}),
+        ("scaling_03", "s03_wo_task", {"baseline", "trained"}),
+    ],
+)
+def test_a_table3_row_and_a_scaling_arm_run_end_to_end_at_tiny_size(standin, tmp_path, name, only, arms):
+    """The paper's configs, with the backbone swapped for a tiny local one and 3 training steps."""
+    cfg = compose_cfg([f"experiment=paper/{name}", f"data.root={standin}", f"cg.only=[{only}]", *TINY_RUN])
+    t = typed_config(cfg, GROUPS)
+    doc = run_protocol(
+        t["cg"],
+        t["data"],
+        t["split"],
+        t["synth"],
+        t["model"],
+        t["train"],
+        t["peft"],
+        t["distributed"],
+        t["eval"],
+        tmp_path,
+    )
+    (row,) = doc["targets"]
+    assert row["name"] == only and arms <= set(row)
+    assert "paper" in row and row["paper"]  # the paper's numbers ride along into the report
+    assert "Paper (Base / Base+ / Trained)" in (tmp_path / "cg_report.md").read_text()
+    steps = [
+        json.loads(x)["step"]
+        for x in (tmp_path / only / "seed-0" / "trained" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert steps == [1, 2, 3]
