@@ -10,10 +10,11 @@ Writes to the Hydra run directory (or ``train.output_dir``): ``metrics.jsonl``, 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
-from cgmed.cli.hydra_app import CONF_DIR, resolved, run_app, run_dir, typed_config
+from cgmed.cli.hydra_app import resolved, run_app, run_dir, typed_config
 
 GROUPS = ("data", "model", "train", "peft", "distributed")
 
@@ -22,11 +23,6 @@ def job(cfg: Any) -> None:
     from cgmed.train.loop import train
 
     typed = typed_config(cfg, GROUPS)
-    dist = typed["distributed"]
-    if dist.deepspeed_config and not Path(dist.deepspeed_config).is_absolute():
-        # the shipped configs name launch/deepspeed/*.json relative to the repository
-        here = Path(dist.deepspeed_config)
-        dist.deepspeed_config = str(here if here.exists() else CONF_DIR.parent / here)
     tcfg = typed["train"]
     out = Path(tcfg.output_dir).expanduser() if tcfg.output_dir else run_dir()
     out.mkdir(parents=True, exist_ok=True)
@@ -39,8 +35,6 @@ def job(cfg: Any) -> None:
         out,
         resolved(cfg),
     )
-    import os
-
     if int(os.environ.get("RANK", "0")) == 0:
         state = "stopped early (resume with train.resume=auto)" if result.stopped_early else "finished"
         print(f"training {state} at step {result.steps}, loss {result.last_loss}; run directory {out}")

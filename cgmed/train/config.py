@@ -7,7 +7,7 @@ combination fails at start-up with the key and the fix.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from cgmed.errors import ConfigError
@@ -148,4 +148,4 @@ class DistributedConfig:
 
 
 GROUPS = {"model": ModelConfig, "train": TrainConfig, "peft": PeftConfig, "distributed": DistributedConfig}
-__all__ = ["DistributedConfig", "ModelConfig", "PeftConfig", "TrainConfig", "GROUPS", "field"]
+__all__ = ["GROUPS", "DistributedConfig", "ModelConfig", "PeftConfig", "TrainConfig"]
