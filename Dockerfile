@@ -1,0 +1,42 @@
+# cgmed on NVIDIA GPUs: PyTorch + CUDA base, cgmed installed as `make setup` installs it
+# (editable, with the dev extras: pip install -e '.[dev]'), entry points on PATH, non-root user.
+#
+#   docker build -t cgmed .
+#   docker run --rm --gpus all --ipc=host -v /data/Med-MAT:/data/Med-MAT:ro -v "$PWD/runs:/workspace/cgmed/runs" \
+#       cgmed cgmed-cg experiment=NAME data.root=/data/Med-MAT hydra.run.dir=runs/NAME
+#
+# The -devel base carries nvcc, which DeepSpeed needs to compile its ops at first use (the
+# *_offload configs' CPU Adam); `--build-arg BASE_IMAGE=pytorch/pytorch:2.8.0-cuda12.8-cudnn9-runtime`
+# gives a smaller image that runs everything else.
+ARG BASE_IMAGE=pytorch/pytorch:2.8.0-cuda12.8-cudnn9-devel
+FROM ${BASE_IMAGE}
+
+ENV PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    HF_HOME=/workspace/cache/huggingface \
+    MPLCONFIGDIR=/tmp/matplotlib
+
+# A non-root user; the editable install below keeps conf/ and launch/ beside the package, where
+# cgmed finds them (it reads conf/ and launch/deepspeed/ relative to the repository root).
+RUN groupadd --gid 1000 cgmed \
+    && useradd --uid 1000 --gid 1000 --create-home --shell /bin/bash cgmed \
+    && mkdir -p /workspace/cgmed /workspace/cache \
+    && chown -R cgmed:cgmed /workspace
+
+WORKDIR /workspace/cgmed
+
+# Dependencies first (this layer is rebuilt only when pyproject.toml or the package changes),
+# then the configs, launchers, tests and benchmarks.
+COPY --chown=cgmed:cgmed pyproject.toml README.md ./
+COPY --chown=cgmed:cgmed cgmed ./cgmed
+RUN pip install --no-cache-dir -e '.[dev]' \
+    && chown -R cgmed:cgmed /workspace/cgmed
+COPY --chown=cgmed:cgmed . .
+
+USER 1000:1000
+RUN for tool in cgmed-data cgmed-train cgmed-eval cgmed-cg cgmed-model accelerate torchrun; do \
+        command -v "$tool" >/dev/null || { echo "missing on PATH: $tool" >&2; exit 1; }; \
+    done \
+    && python -c "import cgmed, cgmed.cli.hydra_app as h; assert h.CONF_DIR.is_dir(), h.CONF_DIR"
+
+CMD ["bash"]
