@@ -4,6 +4,13 @@ Stages write into ``<run>/<target>/``; a finished stage leaves its output (``spl
 ``final/``, ``results.json``) and is skipped when the command is rerun, so a crash in one
 stage keeps the others. Every process of a multi-process launch runs the driver; data
 building and reports happen on the main process.
+
+A target may be a detection subset (task ``Det``; the paper's Table 5): its test set holds box
+records, which the evaluator answers by generation, and the report compares its arms on cIoU.
+Detection subsets have status ``det``, so the ``related`` rule (under the default
+``split.train_status: [ID, OOD]``) never trains on them: list them in ``related`` explicitly
+(e.g. a Det subset of another modality plus a classification subset of the target's
+modality and area), or add ``det`` to ``split.train_status``.
 """
 
 from __future__ import annotations
@@ -64,6 +71,10 @@ def plan_targets(cg: CGConfig, split: SplitConfig, source: Any) -> list[Plan]:
             unrelated = dataclasses.replace(split, targets=[tid], train="unrelated", without=[], match_size_of=match,
                                             seen_test=False)
         name = target_name(spec, subsets[tid])
+        if subsets[tid].task == "Det":
+            # Rules train only on split.train_status (default ID/OOD); a detection target then
+            # learns boxes only from Det subsets listed in cg.targets[].related (as Table 5 does).
+            log.info("target %s is a detection subset: its arms are scored on cIoU of generated boxes", name)
         if cg.only is None or name in cg.only:
             plans.append(Plan(name, spec, tid, related, unrelated))
     if cg.only is not None:

@@ -3,6 +3,12 @@
 ``build_split`` is the library entry point behind ``cgmed-data build``. Same source, config
 and seed give byte-identical ``train.jsonl`` / ``test.jsonl`` / ``seen_test.jsonl`` and
 ``split_meta.json``: every random draw uses an RNG keyed by (seed, subset, label, purpose).
+
+Detection samples (a ``box``, no options) keep their instruction and box answer: no
+multiple-choice question is built for them, and their label (the finding) balances sampling
+like any label. Detection subsets (status ``det``) are trained on only when ``split.train``
+names them or ``split.train_status`` includes ``det``; the leakage audit treats them like any
+subset (a Det target's triplet keeps other Det subsets of the same modality and area out).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from cgmed.data.record import Sample, rng_for
 from cgmed.data.source import BadSamples, DataConfig, Source, SubsetIndex, open_source
 from cgmed.data.split import SplitConfig, balanced_quota, resolve_ids, select_train
 from cgmed.errors import ConfigError, DataError
+from cgmed.eval.parse import format_box
 
 log = logging.getLogger(__name__)
 MANIFESTS = ("train", "test", "seen_test")
@@ -89,7 +96,14 @@ def sample_balanced_test(
 
 
 def write_question(sample: Sample, subset_labels: list[str], cfg: SplitConfig) -> None:
-    """Give ``sample`` its final prompt: keep the source's options, or build them from the label."""
+    """Give ``sample`` its final prompt: keep the source's options, or build them from the label.
+
+    A detection sample keeps its instruction; only its answer is rewritten as ``format_box(box)``
+    so that every box answer a model trains on has one spelling.
+    """
+    if sample.box is not None:
+        sample.answer = format_box(sample.box)
+        return
     if sample.options and cfg.options.mode == "keep":
         sample.question = format_question(sample.question, sample.options)
         return
@@ -252,7 +266,10 @@ def resolve_root(data_cfg: DataConfig, synth_cfg: Any | None = None) -> Path:
     from cgmed.data.synth import SynthConfig, write_release
 
     synth_cfg = synth_cfg or SynthConfig()
-    key = hashlib.sha256(json.dumps(as_dict(synth_cfg), sort_keys=True).encode()).hexdigest()[:12]
+    fields = as_dict(synth_cfg)
+    if isinstance(fields, dict) and fields.get("medmat_detection") is False:
+        del fields["medmat_detection"]  # worlds cached before the flag existed keep their folder
+    key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
     root = Path(data_cfg.cache_dir).expanduser().resolve() / f"synth-{key}"
     if not (root / "cgmed_catalog.json").exists():
         root.parent.mkdir(parents=True, exist_ok=True)

@@ -114,6 +114,12 @@ def instruction(task: str, modality: str, area: str, rng: random.Random) -> str:
     return text.format(m=MODALITY_TEXT.get(modality, modality), a=area.lower())
 
 
+def detection_instruction(finding: str, modality: str, area: str, rng: random.Random) -> str:
+    """One of ``DETECTION_TEMPLATES``, naming the finding to box, the modality and the area."""
+    text = rng.choice(DETECTION_TEMPLATES)
+    return text.format(f=finding, m=MODALITY_TEXT.get(modality, modality), a=area.lower())
+
+
 def make_options(
     label: str,
     labels: Sequence[str],

@@ -4,12 +4,18 @@ A source knows which MAT subsets it holds and builds, per subset, a compact *ind
 (file, byte offset, label id, split per record) in one streaming pass with every record
 validated; records are loaded again by offset only when a split picks them. Nothing
 holds decoded images or whole files, so the full 2.36M-record release fits in little memory.
+
+Detection subsets (task ``Det``) hold box records: no ``Question-choice``, the box in ``bbox``
+(``[x1, y1, x2, y2]`` on a 0-100 grid) and/or in ``Answer`` (``{<x1><y1><x2><y2>}``). They
+become Samples with the instruction as ``question``, no options, the box string as ``answer``,
+the box in ``box`` and the finding (``caption``) as ``label``.
 """
 
 from __future__ import annotations
 
 import abc
 import json
+import math
 import os
 import posixpath
 import re
@@ -26,10 +32,16 @@ from cgmed.data.record import Sample, stable_int
 from cgmed.data.subsets import MEDMAT_SUBSETS, SubsetInfo, normalize_subset_id
 from cgmed.data.vocab import DEFAULT_TASK_MERGE, Vocabulary
 from cgmed.errors import ConfigError, DataError
+from cgmed.eval.parse import format_box
 
 CATALOG_FILE = "cgmed_catalog.json"
 SPLITS = ("train", "test")
 _SUBSET_FILE = re.compile(r"^Subset-+([A-Za-z0-9_]+?)-(train|test)\.jsonl?$")
+DETECTION_TASK = "Det"
+_NUM = r"\s*<\s*(-?\d+(?:\.\d+)?)\s*>"
+# Strict on purpose (unlike cgmed.eval.parse.parse_box, which reads model output leniently):
+# a release record's box must be exactly one well-formed box.
+_ANSWER_BOX = re.compile(r"\s*\{" + _NUM * 4 + r"\s*\}\s*")
 
 
 @dataclass
@@ -266,6 +278,66 @@ def parse_medmat_record(obj: Any) -> tuple[str, str, list[str], str]:
     return image, instruction, options, letter
 
 
+def _check_box(values: Any, field_name: str) -> list[float]:
+    """Four finite numbers in [0, 100] with x1 <= x2 and y1 <= y2, or BadSample("malformed box")."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple)) or len(values) != 4:
+        raise BadSample("malformed box", f"{field_name} {values!r} is not 4 numbers [x1, y1, x2, y2]")
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values):
+        raise BadSample("malformed box", f"{field_name} {values!r} holds a value that is not a number")
+    box = [float(v) for v in values]
+    if not all(math.isfinite(v) and 0.0 <= v <= 100.0 for v in box):
+        raise BadSample("malformed box", f"{field_name} {values!r} has a value outside the 0-100 grid")
+    if box[0] > box[2] or box[1] > box[3]:
+        raise BadSample("malformed box", f"{field_name} {values!r} has x1 > x2 or y1 > y2")
+    return box
+
+
+def _rounded(box: list[float]) -> list[int]:
+    return [math.floor(v + 0.5) for v in box]  # as format_box writes them (half up)
+
+
+def parse_detection_record(obj: Any) -> tuple[str, str, list[float], str]:
+    """Validate one detection record; returns (image relpath, instruction, box, finding).
+
+    The box comes from ``bbox``, else from ``Answer``; with both, they must agree (``Answer``
+    is ``bbox`` written with ``format_box``, i.e. rounded to integers).
+    """
+    if not isinstance(obj, dict):
+        raise BadSample("malformed record", f"expected a JSON object, got {type(obj).__name__}")
+    for key in ("id", "caption", "image", "Question"):
+        if key not in obj:
+            raise BadSample("malformed record", f"missing field {key!r}")
+    image = safe_relpath(obj["image"])
+    caption = str(obj["caption"]).strip()
+    instruction = str(obj["Question"]).strip()
+    if not caption or not instruction:
+        raise BadSample("malformed record", "empty 'caption' (the finding) or 'Question'")
+    from_answer = None
+    if "Answer" in obj:
+        m = _ANSWER_BOX.fullmatch(str(obj["Answer"]))
+        if m is None:
+            if "bbox" not in obj:
+                raise BadSample(
+                    "malformed box", f"Answer {obj['Answer']!r} is not a box {{<x1><y1><x2><y2>}}"
+                )
+        else:
+            from_answer = _check_box([float(m.group(i)) for i in range(1, 5)], "Answer")
+    if "bbox" in obj:
+        box = _check_box(obj["bbox"], "bbox")
+        if from_answer is not None and _rounded(box) != _rounded(from_answer):
+            raise BadSample("malformed box", f"Answer {obj['Answer']!r} disagrees with bbox {obj['bbox']!r}")
+    elif from_answer is not None:
+        box = from_answer
+    else:
+        raise BadSample("malformed box", "no 'bbox' and no box in 'Answer'")
+    return image, instruction, box, caption
+
+
+def is_detection_record(info: SubsetInfo, obj: Any) -> bool:
+    """Whether a record of subset ``info`` is a box record: a Det subset's record without options."""
+    return info.task == DETECTION_TASK and not (isinstance(obj, dict) and "Question-choice" in obj)
+
+
 class MedMatSource(Source):
     """Reader of ``ROOT/Aggregated_Subsets/Subset--NN-{train,test}.json`` with images under ROOT."""
 
@@ -353,7 +425,11 @@ class MedMatSource(Source):
             file_no = len(idx.files) - 1
             for n, (offset, obj) in enumerate(iter_records(path)):
                 try:
-                    image, _, options, letter = parse_medmat_record(obj)
+                    if is_detection_record(info, obj):
+                        image, _, _, label = parse_detection_record(obj)
+                    else:
+                        image, _, options, letter = parse_medmat_record(obj)
+                        label = options[LETTERS.index(letter)]
                 except BadSample as err:
                     rid = obj.get("id", "?") if isinstance(obj, dict) else "?"
                     bad.add(f"{path.name} record #{n} (id {rid})", err)
@@ -362,13 +438,34 @@ class MedMatSource(Source):
                     test = split == "test"
                 else:
                     test = derived_test(self.cfg.split_seed, subset, image, self.cfg.test_fraction)
-                idx.add(file_no, offset, options[LETTERS.index(letter)], test)
+                idx.add(file_no, offset, label, test)
         return idx
 
     def load(self, index: SubsetIndex, positions: list[int]) -> Iterator[tuple[int, Sample]]:
         info = index.info
         for p, path, _, obj in records_at(index, positions):
             split = "test" if path.name.endswith(("-test.json", "-test.jsonl")) else "train"
+            if is_detection_record(info, obj):
+                image, instruction, box, label = parse_detection_record(obj)
+                yield (
+                    p,
+                    Sample(
+                        id=f"{info.id}-{split}-{obj['id']}",
+                        subset=info.id,
+                        modality=info.modality,
+                        area=info.area,
+                        task=info.task,
+                        image=str(self.resolve_image(image)),
+                        label=label,
+                        question=instruction,
+                        options=[],
+                        answer=format_box(box),
+                        source_split="test" if index.is_test[p] else "train",
+                        data_no=None if obj.get("data-no") is None else str(obj["data-no"]),
+                        box=box,
+                    ),
+                )
+                continue
             image, instruction, options, letter = parse_medmat_record(obj)
             yield (
                 p,

@@ -22,11 +22,30 @@ Two layouts (``synth.layout``):
   their real ids, MAT triplets (CG task tags) and ID/OOD status from
   ``cgmed.data.subsets.MEDMAT_SUBSETS``, and synthetic labels per task tag
   (``MEDMAT_TASK_LABELS``). ``synth.modalities/areas/tasks/combinations`` are ignored there.
-  The detection/segmentation subsets 38-53 are not written (this world draws no boxes or
-  masks; detection is a later addition). Configs written for the real release (e.g.
-  ``conf/experiment/paper/``) then run unchanged on synthetic pixels. Output is a pure function of the config: every image and
-record draws from its own RNG (``rng_for(seed, subset, split, index)``), so files are
-byte-identical between runs and independent of iteration order.
+  With ``synth.medmat_detection: true`` it also writes the detection subsets the paper's
+  classification <-> detection experiments use (38, 39, 42, 47, 49; Tables 5/13/14), with one
+  finding label each (``MEDMAT_DETECTION_LABELS``); segmentation subsets are never written.
+  Configs written for the real release (e.g. ``conf/experiment/paper/``) then run unchanged on
+  synthetic pixels.
+
+**Detection subsets** (task tag ``Det``, e.g. ``synth.tasks: {Det: [Tumor]}``): the labels are
+finding names (no ``Normal``: there would be nothing to box). Each image draws its label's
+finding, with the look the same label has in a classification task of the world when there is
+one (else its designed look, e.g. Tumor = the yellow disc), and its ground-truth box is the
+min/max x/y of the finding's pixel mask (the paper derives boxes from masks), on MiniGPT-v2's
+0-100 grid: x1, y1 = floor(left/top pixel edge * 100 / size), x2, y2 = ceil(right/bottom pixel
+edge * 100 / size), so the box always encloses every finding pixel. Records keep the release
+fields ``id``, ``caption`` (the finding), ``image``, ``Question`` (a detection instruction,
+``choices.DETECTION_TEMPLATES``), ``Answer`` (the box, ``{<x1><y1><x2><y2>}``) and ``data-no``,
+plus ``bbox`` ([x1, y1, x2, y2]); there is no ``Question-choice`` / ``Answer-choice``. The
+catalog gives these subsets ``task: Det`` and ``status: det``, so the split rules train on them
+only when a selection names them or ``split.train_status`` includes ``det`` (the default
+``[ID, OOD]`` leaves them out, as for the real release). Worlds without a Det task are written
+exactly as before.
+
+Output is a pure function of the config: every image and record draws from its own RNG
+(``rng_for(seed, subset, split, index)``), so files are byte-identical between runs and
+independent of iteration order.
 """
 
 from __future__ import annotations
@@ -52,6 +71,7 @@ from cgmed.data.record import rng_for, stable_int
 from cgmed.data.subsets import MEDMAT_SUBSETS
 from cgmed.data.vocab import Vocabulary
 from cgmed.errors import ConfigError, DataError
+from cgmed.eval.parse import format_box
 
 # Same name as cgmed.data.source.CATALOG_FILE; not imported to keep this module free of the reader.
 CATALOG_FILE = "cgmed_catalog.json"
@@ -62,8 +82,9 @@ _FOLDER_PREFIX = "Synth "
 TEST_FILE_MODES = ("all", "none", "alternate")
 OPTION_ORDERS = ("shuffle", "sorted")
 LAYOUTS = ("grid", "medmat")
-# Detection / segmentation need boxes and masks, which this world does not draw.
-_UNSUPPORTED_TASKS = ("Det", "Seg")
+# Segmentation needs mask answers, which no reader or evaluator of cgmed handles yet.
+_UNSUPPORTED_TASKS = ("Seg",)
+DETECTION_TASK = "Det"
 _BAD_LABEL_CHARS = re.compile(r"[/\\\x00-\x1f]")
 
 RGB = tuple[int, int, int]
@@ -84,6 +105,17 @@ MEDMAT_TASK_LABELS: dict[str, list[str]] = {
 }
 # The classification subsets of Med-MAT (01-37): the ones the medmat layout writes.
 MEDMAT_LAYOUT_IDS = tuple(sid for sid, info in MEDMAT_SUBSETS.items() if info.status in ("ID", "OOD"))
+# The detection subsets of the paper's classification <-> detection experiments (Table 5 targets
+# 38 and 39; Tables 13/14 sources 38, 42, 47, 49), written by the medmat layout only with
+# synth.medmat_detection: true. One finding each, named after what the source datasets box;
+# none has a designed look, so each draws the first mass look (the yellow disc, as Tumor).
+MEDMAT_DETECTION_LABELS: dict[str, list[str]] = {
+    "38": ["Lesion"],
+    "39": ["Polyp"],
+    "42": ["Cancer cell"],
+    "47": ["Nodule"],
+    "49": ["Spinal anomaly"],
+}
 
 
 @dataclass(frozen=True)
@@ -126,10 +158,23 @@ class SynthConfig:
     # grid: the subsets above; medmat: Med-MAT's classification subsets 01-37 (real ids, triplets,
     # status) with MEDMAT_TASK_LABELS; modalities/areas/tasks/combinations are then ignored.
     layout: str = "grid"
+    # medmat layout only: also write the detection subsets 38/39/42/47/49 (MEDMAT_DETECTION_LABELS).
+    # Off by default so that existing medmat worlds (and their cache keys) stay as they were.
+    medmat_detection: bool = False
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
             raise ConfigError("synth.layout", f"{self.layout!r} is not one of {list(LAYOUTS)}")
+        if not isinstance(self.medmat_detection, bool):
+            raise ConfigError(
+                "synth.medmat_detection", f"must be true or false, got {self.medmat_detection!r}"
+            )
+        if self.medmat_detection and self.layout != "medmat":
+            raise ConfigError(
+                "synth.medmat_detection",
+                f"only applies to layout=medmat (layout is {self.layout!r})",
+                "add a Det task to synth.tasks for a grid world with detection subsets",
+            )
         vocab = Vocabulary()
         self.modalities = self._elements(vocab, "modality", "modalities", self.modalities)
         self.areas = self._elements(vocab, "area", "areas", self.areas)
@@ -169,6 +214,9 @@ class SynthConfig:
                 )
             if canon in out:
                 raise ConfigError(key, f"task {canon!r} is given twice", "merge the two label lists")
+            if canon == DETECTION_TASK:
+                out[canon] = self._det_labels(key, labels)
+                continue
             if isinstance(labels, str) or not isinstance(labels, (list, tuple)) or len(labels) < 2:
                 raise ConfigError(
                     key,
@@ -188,6 +236,29 @@ class SynthConfig:
                 )
             out[canon] = clean
         return out
+
+    @staticmethod
+    def _det_labels(key: str, labels: Any) -> list[str]:
+        """A Det task's finding names: one or more, none Normal, each usable as a folder name."""
+        if isinstance(labels, str) or not isinstance(labels, (list, tuple)) or not labels:
+            raise ConfigError(
+                key, f"needs a list of finding names to box, got {labels!r}", f"e.g. {key}=[Tumor]"
+            )
+        clean = [str(x).strip() for x in labels]
+        for lab in clean:
+            if not lab or lab in (".", "..") or _BAD_LABEL_CHARS.search(lab):
+                raise ConfigError(key, f"label {lab!r} cannot name an image folder", "use plain words")
+            if is_normal(lab):
+                raise ConfigError(
+                    key, f"label {lab!r} draws no finding, so its images would have no box", "remove it"
+                )
+        lowered = [x.lower() for x in clean]
+        dup = sorted({x for x in lowered if lowered.count(x) > 1})
+        if dup:
+            raise ConfigError(
+                key, f"label {dup[0]!r} is listed twice (case-insensitively)", "list each label once"
+            )
+        return clean
 
     def _combinations(self, vocab: Vocabulary) -> list[list[str]] | None:
         where = "synth.combinations"
@@ -269,17 +340,20 @@ class SynthConfig:
     def triplets(self) -> list[tuple[str, str, str]]:
         """(modality, area, task) per subset, in subset order (grid: subset ``NN`` is entry ``NN - 1``)."""
         if self.layout == "medmat":
-            return [MEDMAT_SUBSETS[sid].triplet for sid in MEDMAT_LAYOUT_IDS]
+            return [MEDMAT_SUBSETS[sid].triplet for sid in self._medmat_ids()]
         if self.combinations is None:
             # M outer, A middle, T inner: the subset numbering the docs promise.
             return [(m, a, t) for m in self.modalities for a in self.areas for t in self.tasks]
         return [(m, a, t) for m, a, t in self.combinations]
 
+    def _medmat_ids(self) -> tuple[str, ...]:
+        return MEDMAT_LAYOUT_IDS + (tuple(MEDMAT_DETECTION_LABELS) if self.medmat_detection else ())
+
     def subsets(self) -> list[SubsetSpec]:
         """Every subset the generator writes, in file order."""
         if self.layout == "medmat":
             out = []
-            for sid in MEDMAT_LAYOUT_IDS:
+            for sid in self._medmat_ids():
                 info = MEDMAT_SUBSETS[sid]
                 out.append(
                     SubsetSpec(
@@ -288,7 +362,7 @@ class SynthConfig:
                         modality=info.modality,
                         area=info.area,
                         task=info.task,
-                        labels=tuple(MEDMAT_TASK_LABELS[info.task]),
+                        labels=tuple(MEDMAT_DETECTION_LABELS.get(sid) or MEDMAT_TASK_LABELS[info.task]),
                         name=f"Synthetic {info.name}",
                         status=info.status,
                         data_no=str(info.sources[0]) if info.sources else str(1000 + int(sid)),
@@ -306,12 +380,18 @@ class SynthConfig:
                 task=t,
                 labels=tuple(self.tasks[t]),
                 name=subset_name(m, a, t),
-                status="ID",
+                status="det" if t == DETECTION_TASK else "ID",
                 data_no=str(1000 + number),
                 folder=image_folder(m, a, t),
             )
             for number, (m, a, t) in enumerate(self.triplets(), start=1)
         ]
+
+    def classification_labels(self) -> dict[str, list[str]]:
+        """Label lists of the world's classification tasks (what Det labels borrow looks from)."""
+        if self.layout == "medmat":
+            return {t: list(v) for t, v in MEDMAT_TASK_LABELS.items()}
+        return {t: list(v) for t, v in self.tasks.items() if t != DETECTION_TASK}
 
     def has_test_file(self, number: int) -> bool:
         """Whether subset ``number`` (1-based) gets a ``Subset--NN-test.json``."""
@@ -680,7 +760,16 @@ _FAMILY_ORDER: dict[str, list[tuple[str, RGB]]] = {
         ("small_disc", MAGENTA),
     ],
 }
-_TASK_FAMILY = {"Cancer": "mass", "State": "mass", "COVID": "mass", "Diseases": "lesion", "Level": "count"}
+# Det draws masses: a detection label without a designed or borrowed look (see
+# detection_looks) is a compact blob, like the paper's lesions, polyps and nodules.
+_TASK_FAMILY = {
+    "Cancer": "mass",
+    "State": "mass",
+    "COVID": "mass",
+    "Diseases": "lesion",
+    "Level": "count",
+    DETECTION_TASK: "mass",
+}
 # Labels with a designed look keep it in every task that has them.
 _DESIGNED: dict[str, tuple[str, RGB]] = {
     "tumor": ("disc", YELLOW),
@@ -754,6 +843,32 @@ def finding_for(task: str, label: str, labels: Sequence[str] | None = None) -> F
             taken[x] = free.pop(0) if free else order[stable_int(task, x) % len(order)]
     kind, colour = taken[label]
     return Finding(kind, colour)
+
+
+def detection_looks(
+    det_labels: Sequence[str], classification: dict[str, Sequence[str]]
+) -> dict[str, Finding]:
+    """The finding each label of a Det subset draws.
+
+    A label that is also a label of a classification task of the world (compared
+    case-insensitively; first task in ``classification`` order) borrows that look, so that what
+    a model learns to name in classification is the same thing it learns to box, and the
+    reverse. Others take ``finding_for("Det", ...)`` (designed looks first, then masses). When
+    borrowing would give two labels of the subset one look, none borrows: the labels of one
+    subset always look different.
+    """
+    looks: dict[str, Finding] = {}
+    for lab in det_labels:
+        own = finding_for(DETECTION_TASK, lab, det_labels)
+        for task, labels in classification.items():
+            hit = next((x for x in labels if x.lower() == lab.lower() and not is_normal(x)), None)
+            if hit is not None:
+                own = finding_for(task, hit, labels)
+                break
+        looks[lab] = own  # type: ignore[assignment]  # Det labels are never Normal
+    if len(set(looks.values())) < len(looks):
+        looks = {lab: finding_for(DETECTION_TASK, lab, det_labels) for lab in det_labels}  # type: ignore[misc]
+    return looks
 
 
 # Dot layouts on a unit spacing, centred on (0, 0).
@@ -884,6 +999,45 @@ def render(
     From 32 px up every finding fits inside its organ whole; below that, pixel floors that
     keep thin parts visible can make it larger than the organ allows, and it is clipped.
     """
+    return _draw(modality, area, finding_for(task, label, labels), rng, size)[0]
+
+
+def render_detection(
+    modality: str, area: str, finding: Finding, rng: random.Random, size: int
+) -> tuple[Image.Image, list[int]]:
+    """One image with ``finding`` drawn, and the finding's box on the 0-100 grid (``box_from_mask``).
+
+    Same draws as ``render``, so a detection image equals the classification image of the
+    label with that look under the same RNG state.
+    """
+    img, fmask = _draw(modality, area, finding, rng, size)
+    return img, box_from_mask(fmask)
+
+
+def box_from_mask(mask: np.ndarray) -> list[int]:
+    """``[x1, y1, x2, y2]`` on a 0-100 grid enclosing every True pixel of ``mask`` (rows = y).
+
+    The box is the mask's outermost extent in pixel edges (left edge of the leftmost pixel to
+    right edge of the rightmost), scaled by 100 / size, rounded outwards (floor for x1/y1, ceil
+    for x2/y2) so it never cuts a pixel off. Raises ValueError for an empty mask.
+    """
+    ys, xs = np.nonzero(mask)
+    if xs.size == 0:
+        raise ValueError("the finding mask is empty: nothing to box")
+    h, w = mask.shape
+    # Integer arithmetic: float rounding must not push an exact edge (e.g. 32 px -> 50.0) up by one.
+    return [
+        (int(xs.min()) * 100) // w,
+        (int(ys.min()) * 100) // h,
+        -((-(int(xs.max()) + 1) * 100) // w),
+        -((-(int(ys.max()) + 1) * 100) // h),
+    ]
+
+
+def _draw(
+    modality: str, area: str, finding: Finding | None, rng: random.Random, size: int
+) -> tuple[Image.Image, np.ndarray | None]:
+    """The image and the finding's pixel mask (None without a finding)."""
     tx, ty = rng.uniform(-0.04, 0.04), rng.uniform(-0.04, 0.04)
     sc = rng.uniform(0.94, 1.06)
     tex_rng = np.random.default_rng(rng.getrandbits(64))
@@ -898,7 +1052,7 @@ def render(
     gain, noise = _texture(pal, size, tex_rng)
     img = img * gain + noise
 
-    finding = finding_for(task, label, labels)
+    fmask = None
     if finding is not None:
         # A little brightness jitter, identical across modalities and areas (drawn first).
         brightness = rng.uniform(0.9, 1.0)
@@ -907,7 +1061,7 @@ def render(
         # a finding can never land on the background where it might not stand out.
         fmask = _finding_mask(finding, params, x, y, cx, cy) & mask
         img[fmask] = np.asarray(finding.colour, dtype=np.float32) * brightness
-    return Image.fromarray(np.clip(img + 0.5, 0, 255).astype(np.uint8), "RGB")
+    return Image.fromarray(np.clip(img + 0.5, 0, 255).astype(np.uint8), "RGB"), fmask
 
 
 def _save_png(img: Image.Image, path: Path) -> None:
@@ -971,6 +1125,36 @@ def _write_json_array(path: Path, records: list[dict[str, Any]]) -> None:
     path.write_text(f"[\n{body}\n]\n" if records else "[]\n", encoding="utf-8")
 
 
+def _detection_record(
+    cfg: SynthConfig,
+    spec: SubsetSpec,
+    finding: Finding,
+    label: str,
+    k: int,
+    split: str,
+    rel: str,
+    root: Path,
+    trng: random.Random,
+) -> dict[str, Any]:
+    """Draw and save image ``k`` of a Det subset; its release record (box in ``Answer`` and ``bbox``)."""
+    try:
+        img, box = render_detection(
+            spec.modality, spec.area, finding, rng_for(cfg.seed, spec.id, split, k), cfg.image_size
+        )
+    except ValueError as err:  # a finding clipped away entirely (only possible far below 32 px)
+        raise DataError(f"synthetic subset {spec.id} ({spec.name}), {split} image {k}", str(err)) from None
+    _save_png(img, root / rel)
+    return {
+        "id": k,
+        "caption": label,
+        "image": rel,
+        "Question": choices.detection_instruction(label, spec.modality, spec.area, trng),
+        "Answer": format_box(box),
+        "data-no": spec.data_no,
+        "bbox": box,
+    }
+
+
 def write_release(cfg: SynthConfig, out: str | Path) -> dict[str, Any]:
     """Generate the synthetic world under ``out`` in the Med-MAT release layout.
 
@@ -978,8 +1162,9 @@ def write_release(cfg: SynthConfig, out: str | Path) -> dict[str, Any]:
     ``cfg.test_file``), the PNG images under ``med-mat/`` and ``cgmed_catalog.json`` (last, so
     its presence marks a complete world). Earlier synthetic output in ``out`` is replaced.
     With ``cfg.layout == "medmat"`` the subsets are Med-MAT's classification subsets 01-37
-    (real ids, triplets and ID/OOD status; detection subsets 38-53 are out of scope) with
-    ``MEDMAT_TASK_LABELS`` as labels and each subset's first source dataset as ``data-no``.
+    (real ids, triplets and ID/OOD status) with ``MEDMAT_TASK_LABELS`` as labels and each
+    subset's first source dataset as ``data-no``, plus detection subsets 38/39/42/47/49 when
+    ``cfg.medmat_detection``. Det subsets get box records (see the module docstring).
     Returns ``{"root", "subsets", "images", "seconds"}``.
     """
     start = time.perf_counter()
@@ -993,6 +1178,7 @@ def write_release(cfg: SynthConfig, out: str | Path) -> dict[str, Any]:
         sid, number, m, a, t = spec.id, spec.number, spec.modality, spec.area, spec.task
         labels = list(spec.labels)
         folder = spec.folder
+        looks = detection_looks(labels, cfg.classification_labels()) if t == DETECTION_TASK else None
         for label in labels:
             (root / IMAGES_DIR / folder / label).mkdir(parents=True, exist_ok=True)
         n = cfg.images_per_subset
@@ -1004,10 +1190,16 @@ def write_release(cfg: SynthConfig, out: str | Path) -> dict[str, Any]:
             split = "train" if k < n_train else "test"
             label = labels[k % len(labels)]
             rel = f"{IMAGES_DIR}/{folder}/{label}/{label}- ({k // len(labels) + 1}).png"
-            img = render(m, a, t, label, rng_for(cfg.seed, sid, split, k), cfg.image_size, labels=labels)
-            _save_png(img, root / rel)
             # Text draws from its own RNG, so option settings never change the images.
             trng = rng_for(cfg.seed, sid, split, k, "text")
+            if looks is not None:
+                records[split].append(
+                    _detection_record(cfg, spec, looks[label], label, k, split, rel, root, trng)
+                )
+                n_images += 1
+                continue
+            img = render(m, a, t, label, rng_for(cfg.seed, sid, split, k), cfg.image_size, labels=labels)
+            _save_png(img, root / rel)
             question = choices.instruction(t, m, a, trng)
             options, letter = choices.make_options(label, labels, trng, max_options=4, order=cfg.option_order)
             records[split].append(
@@ -1038,6 +1230,8 @@ def write_release(cfg: SynthConfig, out: str | Path) -> dict[str, Any]:
             }
         )
     config = asdict(cfg)  # lets a cache tell whether this world matches a requested config
+    if not cfg.medmat_detection:
+        del config["medmat_detection"]  # catalogs written before the flag existed stay byte-identical
     if cfg.layout == "grid":
         del config["layout"]  # grid catalogs stay byte-identical to those written before layouts existed
     catalog = {

@@ -1,4 +1,12 @@
-"""Accuracy with bootstrap intervals, per subset and per MAT combination, from predictions."""
+"""Accuracy with bootstrap intervals, per subset and per MAT combination, from predictions.
+
+Groups that hold detection rows (rows with a ground-truth ``box``) also get ``ciou``
+(cumulative IoU = sum of intersections / sum of unions, the paper's Table 5 metric, via
+:func:`cgmed.eval.parse.ciou`), ``mean_iou``, ``acc_iou50``, ``n_det`` and ``ciou_ci95`` (a
+bootstrap over rows). In a mixed group ``accuracy`` counts every row (a detection row is
+correct at IoU >= 0.5) and ``chance`` averages the classification rows only; a group without
+classification rows has ``chance`` NaN. Groups without detection rows are as before.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+from cgmed.eval.parse import ciou
 
 
 def bootstrap_ci(correct: Sequence[bool], n_boot: int, seed: int, level: float = 0.95) -> tuple[float, float]:
@@ -22,16 +32,68 @@ def bootstrap_ci(correct: Sequence[bool], n_boot: int, seed: int, level: float =
     return (float(lo), float(hi))
 
 
-def summary(rows: Sequence[Mapping[str, Any]], n_boot: int, seed: int) -> dict[str, Any]:
-    """``accuracy``, ``n``, ``chance`` (mean of 1/#options) and ``ci95`` of a group of predictions."""
-    correct = [bool(r["correct"]) for r in rows]
-    chance = float(np.mean([1.0 / max(1, len(r["options"])) for r in rows])) if rows else float("nan")
+def _is_det(row: Mapping[str, Any]) -> bool:
+    return row.get("box") is not None
+
+
+def _inter_union(pred: Sequence[float] | None, gt: Sequence[float]) -> tuple[float, float]:
+    """Intersection and union areas as ``parse.ciou`` counts them (no prediction: 0 and the truth's area)."""
+    gt_area = max(0.0, gt[2] - gt[0]) * max(0.0, gt[3] - gt[1])
+    if pred is None:
+        return 0.0, gt_area
+    w = min(pred[2], gt[2]) - max(pred[0], gt[0])
+    h = min(pred[3], gt[3]) - max(pred[1], gt[1])
+    inter = max(0.0, w) * max(0.0, h)
+    return inter, max(0.0, pred[2] - pred[0]) * max(0.0, pred[3] - pred[1]) + gt_area - inter
+
+
+def ciou_bootstrap_ci(
+    rows: Sequence[Mapping[str, Any]], n_boot: int, seed: int, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the cIoU of detection rows (rows resampled, seeded)."""
+    parts = np.asarray([_inter_union(r.get("pred_box"), r["box"]) for r in rows], dtype=np.float64)
+    if parts.size == 0:
+        return (float("nan"), float("nan"))
+    point = ciou((r.get("pred_box"), r["box"]) for r in rows)
+    if n_boot <= 0:
+        return (point, point)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(parts), size=(n_boot, len(parts)))
+    inter, union = parts[idx, 0].sum(axis=1), parts[idx, 1].sum(axis=1)
+    values = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    lo, hi = np.quantile(values, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return (float(lo), float(hi))
+
+
+def detection_summary(rows: Sequence[Mapping[str, Any]], n_boot: int, seed: int) -> dict[str, Any]:
+    """``ciou``, ``ciou_ci95``, ``mean_iou``, ``acc_iou50`` and ``n_det`` of detection rows."""
+    ious = [float(r.get("iou") or 0.0) for r in rows]
     return {
+        "ciou": ciou((r.get("pred_box"), r["box"]) for r in rows),
+        "ciou_ci95": list(ciou_bootstrap_ci(rows, n_boot, seed)),
+        "mean_iou": float(np.mean(ious)),
+        "acc_iou50": float(np.mean([v >= 0.5 for v in ious])),
+        "n_det": len(rows),
+    }
+
+
+def summary(rows: Sequence[Mapping[str, Any]], n_boot: int, seed: int) -> dict[str, Any]:
+    """``accuracy``, ``n``, ``chance`` (mean of 1/#options) and ``ci95`` of a group of predictions,
+    plus the detection metrics when the group holds detection rows (module docstring)."""
+    correct = [bool(r["correct"]) for r in rows]
+    det = [r for r in rows if _is_det(r)]
+    cls = [r for r in rows if not _is_det(r)] if det else rows
+    # A box has no chance level: a group of detection rows only gets NaN, as an empty group does.
+    chance = float(np.mean([1.0 / max(1, len(r["options"])) for r in cls])) if cls else float("nan")
+    out = {
         "accuracy": float(np.mean(correct)) if rows else float("nan"),
         "n": len(rows),
         "chance": chance,
         "ci95": list(bootstrap_ci(correct, n_boot, seed)),
     }
+    if det:
+        out.update(detection_summary(det, n_boot, seed))
+    return out
 
 
 def mat_key(row: Mapping[str, Any]) -> str:

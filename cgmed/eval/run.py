@@ -11,7 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from cgmed.eval.metrics import results
-from cgmed.eval.score import EvalConfig, Scorer, load_for_eval, read_manifest, score_records
+from cgmed.eval.score import (
+    DETECTION_IOU,
+    EvalConfig,
+    Scorer,
+    is_detection,
+    load_for_eval,
+    read_manifest,
+    score_records,
+)
 
 
 def _shard(n: int, world: int, rank: int) -> range:
@@ -34,7 +42,8 @@ def evaluate(
     """Score ``test_manifest``; rank 0 writes ``predictions.jsonl`` and ``results.json`` in ``out_dir``.
 
     ``model`` may be a ``(model, processor, adapter)`` triple already in memory (evaluation
-    during training); otherwise ``model_path`` is loaded.
+    during training); otherwise ``model_path`` is loaded. Detection records are answered by
+    generation whatever ``eval.method`` is; ``results.json`` then says so under ``detection``.
     """
     import torch
     from accelerate import PartialState
@@ -54,6 +63,13 @@ def evaluate(
         rows = gather_object(rows)  # rank order = manifest order
     doc = results(rows, eval_cfg.bootstrap, eval_cfg.seed)
     doc["method"] = eval_cfg.method + (" (circular)" if eval_cfg.circular else "")
+    if any(is_detection(r) for r in records):
+        doc["detection"] = {
+            "method": "generation",
+            "max_new_tokens": scorer.box_tokens(),
+            "correct_at_iou": DETECTION_IOU,
+            "metric": "ciou (sum of intersections / sum of unions)",
+        }
     doc["model"] = str(model_path)
     doc["test_manifest"] = str(test_manifest)
     if state.is_main_process:
