@@ -445,28 +445,13 @@ class MedMatSource(Source):
         info = index.info
         for p, path, _, obj in records_at(index, positions):
             split = "test" if path.name.endswith(("-test.json", "-test.jsonl")) else "train"
+            box = None
             if is_detection_record(info, obj):
                 image, instruction, box, label = parse_detection_record(obj)
-                yield (
-                    p,
-                    Sample(
-                        id=f"{info.id}-{split}-{obj['id']}",
-                        subset=info.id,
-                        modality=info.modality,
-                        area=info.area,
-                        task=info.task,
-                        image=str(self.resolve_image(image)),
-                        label=label,
-                        question=instruction,
-                        options=[],
-                        answer=format_box(box),
-                        source_split="test" if index.is_test[p] else "train",
-                        data_no=None if obj.get("data-no") is None else str(obj["data-no"]),
-                        box=box,
-                    ),
-                )
-                continue
-            image, instruction, options, letter = parse_medmat_record(obj)
+                options, answer = [], format_box(box)
+            else:
+                image, instruction, options, answer = parse_medmat_record(obj)
+                label = options[LETTERS.index(answer)]
             yield (
                 p,
                 Sample(
@@ -476,12 +461,13 @@ class MedMatSource(Source):
                     area=info.area,
                     task=info.task,
                     image=str(self.resolve_image(image)),
-                    label=options[LETTERS.index(letter)],
+                    label=label,
                     question=instruction,
                     options=options,
-                    answer=letter,
+                    answer=answer,
                     source_split="test" if index.is_test[p] else "train",
                     data_no=None if obj.get("data-no") is None else str(obj["data-no"]),
+                    box=box,
                 ),
             )
 
