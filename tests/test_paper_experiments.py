@@ -157,8 +157,10 @@ def test_paper_experiment_plans_on_the_standin(name, standin, tmp_path, capsys):
     extra: list[str] = []
     if name.startswith("scaling"):
         extra = ["split.max_train_samples=100"]  # make the 15,000 cap bind on the small stand-in
-    if name.startswith("fig5"):
+    if name.startswith(("fig5", "fig6")):
         extra = ["split.cap_per_subset=10"]  # one point of the swept knob
+    if name.startswith("fig6"):
+        extra.append("split.target_train_samples=4")  # 4 samples of the target's own training portion
     run = tmp_path / "run"
     t, doc = dry_run(name, standin, run, extra)
     out = capsys.readouterr().out
@@ -182,20 +184,22 @@ def test_paper_experiment_plans_on_the_standin(name, standin, tmp_path, capsys):
         assert related and spec.target not in {r.id for r in related}
         assert rel["sizes"]["test"] > 0 and rel["sizes"]["train"] > 0
         assert spec.paper and "baseline" in spec.paper
-        assert "trained" in spec.paper or name.startswith("fig5")  # Figure 5 gives no numbers
+        assert "trained" in spec.paper or name.startswith(("fig5", "fig6"))  # Figure 5 gives no numbers
         if cg.baseline_plus:
             un = m["unrelated"]
             assert un["audit"]["passed"] and un["sizes"]["train"] == rel["sizes"]["train"]  # size matched
             assert all(not shared_elements(info(x), target, VOCAB) for x in un["train_subsets"])
-            assert "baseline_plus" in spec.paper or name.startswith("fig5")
+            assert "baseline_plus" in spec.paper or name.startswith(("fig5", "fig6"))
         else:
             assert "unrelated" not in m
 
-        if name.startswith(("table3", "table4", "table9", "fig5")):
+        if name.startswith(("table3", "table4", "table9", "fig5", "fig6")):
             assert spec.group in ("FM", "FA", "FT", "MA")
             check_intent(spec.group, target, related)
-            cap = 10 if name.startswith("fig5") else TRAIN_PER_SUBSET
-            assert rel["sizes"]["train"] == cap * len(related)
+            cap = 10 if name.startswith(("fig5", "fig6")) else TRAIN_PER_SUBSET
+            own = 4 if name.startswith("fig6") else 0  # the target's own samples (Figure 6)
+            assert rel["sizes"]["train"] == cap * len(related) + own
+            assert sum(rel["counts"]["train"].get(spec.target, {}).values()) == own
         elif name.startswith("table10"):
             check_three_element(target, related)
         elif name.startswith("scaling"):

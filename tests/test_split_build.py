@@ -221,3 +221,16 @@ def test_split_config_validation():
         build_config(SplitConfig, {"targets": [{"modaltiy": "CT"}]}, "split")
     with pytest.raises(ConfigError, match="split.cap_per_subset"):
         build_config(SplitConfig, {"cap_per_subset": 0}, "split")
+
+
+def test_target_train_samples_add_the_targets_own_training_portion(small_release):
+    built = build(small_release, targets=["04"], train=["28"], cap_per_subset=6, target_train_samples=3)
+    own = [s for s in built.train if s.subset == "04"]
+    assert len(own) == 3 and {s.source_split for s in own} == {"train"}
+    assert Counter(s.label for s in own) == {"Adenocarcinoma": 1, "Normal": 1, "Squamous cell carcinoma": 1}
+    assert not {s.id for s in own} & {s.id for s in built.test}
+    assert built.audit.passed and any("target_train_samples" in n for n in built.notes)
+    # the image check still guards the test set: a target test image copied into its training portion leaks
+    shutil.copyfile(built.test[0].image, own[0].image)
+    with pytest.raises(LeakageError, match=rf"{own[0].id}: image .* same bytes as target test sample"):
+        build(small_release, targets=["04"], train=["28"], cap_per_subset=6, target_train_samples=3)

@@ -186,6 +186,17 @@ def build_split(source: Source, data_cfg: DataConfig, cfg: SplitConfig) -> Built
     for sid in train_ids:
         if quotas.get(sid, 0) > 0:
             train += sample_train(source, indexes[sid], quotas[sid], cfg.seed, bad)
+    allowed: frozenset[str] = frozenset()
+    if cfg.target_train_samples:
+        own = []
+        for sid in targets:
+            # the target's training portion only: its test portion is what gets scored
+            own += sample_train(source, indexes[sid], cfg.target_train_samples, cfg.seed, bad)
+        train += own
+        allowed = frozenset(s.id for s in own)
+        notes.append(
+            f"{len(own)} samples of the targets' own training portion added (split.target_train_samples)"
+        )
     test: list[Sample] = []
     for sid in targets:
         got = sample_balanced_test(source, indexes[sid], cfg.test_per_label, cfg.seed, bad)
@@ -206,7 +217,14 @@ def build_split(source: Source, data_cfg: DataConfig, cfg: SplitConfig) -> Built
     for samples in (train, test, seen):
         for s in samples:
             write_question(s, indexes[s.subset].labels, cfg)
-    report = audit_split(train, test, [subsets[t] for t in targets], seen, check_images=cfg.audit_images)
+    report = audit_split(
+        train,
+        test,
+        [subsets[t] for t in targets],
+        seen,
+        check_images=cfg.audit_images,
+        allowed_target_train=allowed,
+    )
     return BuiltSplit(_sort(train), _sort(test), _sort(seen), targets, train_ids, report, bad, notes)
 
 

@@ -52,6 +52,9 @@ class SplitConfig:
     cap_per_subset: int = 3000  # label-balanced cap per training subset (paper: 3,000)
     max_train_samples: int | None = None  # cap on the whole training set (scaling study: 15,000)
     test_per_label: int | None = None  # cap per label of each test set (null = as large as balance allows)
+    # add N samples of each target's own training portion to the training set (label-balanced): the
+    # paper's limited-target-data study (Figure 6) and the detection experiments (Table 5)
+    target_train_samples: int = 0
     seen_test: bool = True  # also write seen_test.jsonl: test sets of the trained-on subsets
     seed: int = 42
     options: OptionsConfig = field(default_factory=OptionsConfig)
@@ -73,6 +76,8 @@ class SplitConfig:
             raise ConfigError("split.targets", "must be a list of subset ids or MAT patterns")
         for i, t in enumerate(self.targets):
             check_selector([t], f"split.targets[{i}]")
+        if self.target_train_samples < 0:
+            raise ConfigError("split.target_train_samples", "must be >= 0")
         if self.cap_per_subset < 1:
             raise ConfigError("split.cap_per_subset", "must be >= 1")
         for key in ("max_train_samples", "test_per_label"):
