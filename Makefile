@@ -20,7 +20,7 @@ test: setup
 
 lint: setup
 	$(BIN)/ruff check cgmed tests benchmarks experiments
-	$(BIN)/ruff format --check cgmed tests benchmarks
+	$(BIN)/ruff format --check cgmed tests benchmarks experiments
 
 demo: setup
 	@start=$$(date +%s); \

@@ -194,7 +194,9 @@ train:
 # ------------------------------------------------------------------------------------------
 
 # Related names resolved with the group's fixed element.
-X_BONES_LEVEL = Rel(P("X-ray", "Bones", "Level"), "Bones Level", "which of the two the paper used is not stated")
+X_BONES_LEVEL = Rel(
+    P("X-ray", "Bones", "Level"), "Bones Level", "which of the two the paper used is not stated"
+)
 X_BONES_STATE = Rel(P("X-ray", "Bones", "State"), "Bones State")
 X_BREAST_DIS = Rel(P("X-ray", "Breast", "Diseases"), "Breast Diseases")
 X_LUNG_DIS = Rel(P("X-ray", "Lung", "Diseases"), "Lung Diseases")
@@ -203,11 +205,15 @@ X_LUNG_COVID = Rel(P("X-ray", "Lung", "COVID"), "Lung COVID")
 X_BONES_DIS = Rel(P("X-ray", "Bones", "Diseases"), "Bones Diseases")
 DER_CANCER = Rel(P("Der", "Skin", "Cancer"), "Der-Skin Cancer")
 DER_DIS = Rel(P("Der", "Skin", "Diseases"), "Der-Skin Diseases")
-FP_DIS = Rel(P("FP", "Fundus", "Diseases"), "FP-Fundus Diseases", "15 is the multi-label eye set; medmat.md infers 14")
+FP_DIS = Rel(
+    P("FP", "Fundus", "Diseases"), "FP-Fundus Diseases", "15 is the multi-label eye set; medmat.md infers 14"
+)
 FP_LEVEL = Rel(P("FP", "Fundus", "Level"), "FP-Fundus Level")
 OCT_DIS = Rel(P("OCT", "Retina", "Diseases"), "OCT-Retina Diseases (printed 'Retine')")
 DP_CANCER = Rel(P("DP", "Mouth", "Cancer"), "DP-Mouth Cancer")
-DP_STATE = Rel("09", "DP-Mouth State", "by id: the State pattern also takes 10 (Cancer), the target of rows 35-36")
+DP_STATE = Rel(
+    "09", "DP-Mouth State", "by id: the State pattern also takes 10 (Cancer), the target of rows 35-36"
+)
 MIC_CANCER = Rel(P("Mic", "Cell", "Cancer"), "Mic-Cell Cancer")
 MIC_LEVEL = Rel(P("Mic", "Cell", "Level"), "Mic-Cell Level")
 MIC_RECOG = Rel(P("Mic", "Cell", "Recognition"), "Mic-Cell Recognition")
@@ -221,8 +227,14 @@ def t3(n, group, fixed, a, b, target, base, plus, trained, tgt_why, notes=()):
         f"paper Baseline {base}, Baseline+ {plus}, Trained {trained}, CG {mark}"
     )
     return Row(
-        f"t3_row{n:02d}", group, title, target[0], tgt_why, [a[1], b[1]],
-        {"baseline": base, "baseline_plus": plus, "trained": trained}, notes=list(notes),
+        f"t3_row{n:02d}",
+        group,
+        title,
+        target[0],
+        tgt_why,
+        [a[1], b[1]],
+        {"baseline": base, "baseline_plus": plus, "trained": trained},
+        notes=list(notes),
     )
 
 
@@ -232,37 +244,116 @@ def _r(rel: Rel, printed: str | None = None) -> tuple[str, Rel]:
 
 B25 = "inferred: baseline 25 = Table 2's 04"
 T26 = "inferred: baseline 49 = Table 1's 26 (fracture)"
-T27 = ("inferred: baseline 37 = Table 2's 27; 36 has the same triplet (Table 1 baseline 23), so it is "
-       "never trained on (leakage audit) and not chosen as the target")
+T27 = (
+    "inferred: baseline 37 = Table 2's 27; 36 has the same triplet (Table 1 baseline 23), so it is "
+    "never trained on (leakage audit) and not chosen as the target"
+)
 T30 = "inferred: baseline 49 = Table 1's 30 (tuberculosis)"
 T03 = "inferred: baseline 47 = Table 1's 03 (COVID counts as State)"
 T28 = "inferred: baseline 30 = Table 1's 28"
 T32 = "inferred: baseline 49 = Table 1's 32 (tumour counts as State)"
 T21 = "inferred: baseline 49 = Table 1's 21"
 T19 = "inferred: baseline 23 = Table 1's 19"
-FT_PAIR = ("FT duplicate rows (same printed names) are AMBIGUOUS; rule used: in a duplicate pair the row "
-           "with the higher Trained gets the source whose own task tag equals the target's, the other "
-           "the merged-State reading")
+FT_PAIR = (
+    "FT duplicate rows (same printed names) are AMBIGUOUS; rule used: in a duplicate pair the row "
+    "with the higher Trained gets the source whose own task tag equals the target's, the other "
+    "the merged-State reading"
+)
 
 TABLE3 = [
     # FM (CT)
-    t3(1, "FM", "CT", ("Lung COVID", Rel(P("CT", "Lung", "COVID"), "Lung COVID")),
-       ("Brain Cancer", Rel(P("CT", "Brain", "Cancer"), "Brain Cancer")), ("04", "Lung Cancer"),
-       25, 25, 27, B25 + " (the OOD lung-cancer subset)"),
-    t3(2, "FM", "CT", ("Lung Cancer", Rel(P("CT", "Lung", "Cancer"), "Lung Cancer")),
-       ("Brain State", Rel("05", "Brain State", "by id: the State pattern also takes 06, which row 1 calls "
-                           "'Brain Cancer'")), ("03", "Lung State"), 47, 46, 50, T03),
-    t3(3, "FM", "CT", ("Brain Cancer", Rel(P("CT", "Brain", "Cancer"), "Brain Cancer")),
-       ("Lung State", Rel("03", "Lung State", "by id: row 2's target 'Lung State' is 03; the State pattern "
-                          "would also take 04 (row 2's 'Lung Cancer')")), ("05", "Brain State"),
-       33, 50, 57, "inferred: baseline 33 = Table 2's 05 (hemorrhage, a State task)"),
+    t3(
+        1,
+        "FM",
+        "CT",
+        ("Lung COVID", Rel(P("CT", "Lung", "COVID"), "Lung COVID")),
+        ("Brain Cancer", Rel(P("CT", "Brain", "Cancer"), "Brain Cancer")),
+        ("04", "Lung Cancer"),
+        25,
+        25,
+        27,
+        B25 + " (the OOD lung-cancer subset)",
+    ),
+    t3(
+        2,
+        "FM",
+        "CT",
+        ("Lung Cancer", Rel(P("CT", "Lung", "Cancer"), "Lung Cancer")),
+        (
+            "Brain State",
+            Rel(
+                "05",
+                "Brain State",
+                "by id: the State pattern also takes 06, which row 1 calls 'Brain Cancer'",
+            ),
+        ),
+        ("03", "Lung State"),
+        47,
+        46,
+        50,
+        T03,
+    ),
+    t3(
+        3,
+        "FM",
+        "CT",
+        ("Brain Cancer", Rel(P("CT", "Brain", "Cancer"), "Brain Cancer")),
+        (
+            "Lung State",
+            Rel(
+                "03",
+                "Lung State",
+                "by id: row 2's target 'Lung State' is 03; the State pattern "
+                "would also take 04 (row 2's 'Lung Cancer')",
+            ),
+        ),
+        ("05", "Brain State"),
+        33,
+        50,
+        57,
+        "inferred: baseline 33 = Table 2's 05 (hemorrhage, a State task)",
+    ),
     # FM (X-ray): the fixed modality is inferred (Bones, Chest and Lung Diseases exist only as X-ray)
-    t3(4, "FM", "X-ray", _r(X_BONES_LEVEL), ("Lung State", Rel(P("X-ray", "Lung", "State"), "Lung State",
-       "COVID counts as State")), ("26", "Bones State"), 49, 53, 51, T26),
-    t3(5, "FM", "X-ray", _r(X_BONES_LEVEL), ("Brain State", Rel(P("X-ray", "Brain", "State"), "Brain State",
-       "the tumour subset counts as State")), ("26", "Bones State"), 49, 53, 72, T26),
-    t3(6, "FM", "X-ray", _r(X_BONES_LEVEL), _r(X_BREAST_DIS), ("27", "Bones Diseases"), 37, 33, 39, T27,
-       ["the paper marks this row CG yes although Trained is only 2 above Baseline"]),
+    t3(
+        4,
+        "FM",
+        "X-ray",
+        _r(X_BONES_LEVEL),
+        ("Lung State", Rel(P("X-ray", "Lung", "State"), "Lung State", "COVID counts as State")),
+        ("26", "Bones State"),
+        49,
+        53,
+        51,
+        T26,
+    ),
+    t3(
+        5,
+        "FM",
+        "X-ray",
+        _r(X_BONES_LEVEL),
+        (
+            "Brain State",
+            Rel(P("X-ray", "Brain", "State"), "Brain State", "the tumour subset counts as State"),
+        ),
+        ("26", "Bones State"),
+        49,
+        53,
+        72,
+        T26,
+    ),
+    t3(
+        6,
+        "FM",
+        "X-ray",
+        _r(X_BONES_LEVEL),
+        _r(X_BREAST_DIS),
+        ("27", "Bones Diseases"),
+        37,
+        33,
+        39,
+        T27,
+        ["the paper marks this row CG yes although Trained is only 2 above Baseline"],
+    ),
     t3(7, "FM", "X-ray", _r(X_BONES_LEVEL), _r(X_LUNG_DIS), ("27", "Bones Diseases"), 37, 33, 43, T27),
     t3(8, "FM", "X-ray", _r(X_BONES_LEVEL), _r(X_CHEST_DIS), ("27", "Bones Diseases"), 37, 31, 43, T27),
     t3(9, "FM", "X-ray", _r(X_BONES_STATE), _r(X_BREAST_DIS), ("27", "Bones Diseases"), 37, 37, 43, T27),
@@ -272,76 +363,320 @@ TABLE3 = [
     t3(13, "FM", "X-ray", _r(X_LUNG_COVID), _r(X_BONES_DIS), ("30", "Lung Diseases"), 49, 48, 52, T30),
     t3(14, "FM", "X-ray", _r(X_LUNG_COVID), _r(X_CHEST_DIS), ("30", "Lung Diseases"), 49, 48, 51, T30),
     # FA
-    t3(15, "FA", "Lung", ("CT Cancer", Rel(P("CT", "Lung", "Cancer"), "CT Cancer")),
-       ("X-ray COVID", Rel(P("X-ray", "Lung", "COVID"), "X-ray COVID")), ("03", "CT COVID"), 47, 46, 72, T03),
-    t3(16, "FA", "Lung", ("X-ray Diseases", Rel(P("X-ray", "Lung", "Diseases"), "X-ray Diseases")),
-       ("CT COVID", Rel(P("CT", "Lung", "COVID"), "CT COVID")), ("28", "X-ray COVID"), 30, 21, 49, T28),
-    t3(17, "FA", "Lung", ("X-ray Diseases", Rel(P("X-ray", "Lung", "Diseases"), "X-ray Diseases")),
-       ("CT State", Rel(P("CT", "Lung", "State"), "CT State", "AMBIGUOUS: read with the merge rule as every "
-                        "CT Lung subset counted as State, which makes the row differ from row 16 (CT COVID = 03)")),
-       ("28", "X-ray State"), 30, 21, 46, T28 + "; COVID read as State; how it differs from row 16 is AMBIGUOUS"),
-    t3(18, "FA", "Brain", ("CT State", Rel("05", "CT State", "by id: the State pattern would take the target 06")),
-       ("X-ray Cancer", Rel(P("X-ray", "Brain", "Cancer"), "X-ray Cancer")), ("06", "CT Cancer"), 33, 28, 28,
-       "inferred: 'CT Cancer' names 06 (baseline 33 fits both 05 and 06)"),
+    t3(
+        15,
+        "FA",
+        "Lung",
+        ("CT Cancer", Rel(P("CT", "Lung", "Cancer"), "CT Cancer")),
+        ("X-ray COVID", Rel(P("X-ray", "Lung", "COVID"), "X-ray COVID")),
+        ("03", "CT COVID"),
+        47,
+        46,
+        72,
+        T03,
+    ),
+    t3(
+        16,
+        "FA",
+        "Lung",
+        ("X-ray Diseases", Rel(P("X-ray", "Lung", "Diseases"), "X-ray Diseases")),
+        ("CT COVID", Rel(P("CT", "Lung", "COVID"), "CT COVID")),
+        ("28", "X-ray COVID"),
+        30,
+        21,
+        49,
+        T28,
+    ),
+    t3(
+        17,
+        "FA",
+        "Lung",
+        ("X-ray Diseases", Rel(P("X-ray", "Lung", "Diseases"), "X-ray Diseases")),
+        (
+            "CT State",
+            Rel(
+                P("CT", "Lung", "State"),
+                "CT State",
+                "AMBIGUOUS: read with the merge rule as every "
+                "CT Lung subset counted as State, which makes the row differ from row 16 (CT COVID = 03)",
+            ),
+        ),
+        ("28", "X-ray State"),
+        30,
+        21,
+        46,
+        T28 + "; COVID read as State; how it differs from row 16 is AMBIGUOUS",
+    ),
+    t3(
+        18,
+        "FA",
+        "Brain",
+        ("CT State", Rel("05", "CT State", "by id: the State pattern would take the target 06")),
+        ("X-ray Cancer", Rel(P("X-ray", "Brain", "Cancer"), "X-ray Cancer")),
+        ("06", "CT Cancer"),
+        33,
+        28,
+        28,
+        "inferred: 'CT Cancer' names 06 (baseline 33 fits both 05 and 06)",
+    ),
     # FT: the fixed task is not printed; ids with the reading used
-    t3(19, "FT", None, ("X-ray Bones", Rel("26", "X-ray Bones", "State; the only X-ray Bones State/Cancer subset")),
-       ("CT Brain", Rel("06", "CT Brain", "Cancer, the target's own tag (see FT rule)")), ("32", "X-ray Brain"),
-       49, 49, 91, T32, [FT_PAIR + "; pair 19/21"]),
-    t3(20, "FT", None, ("X-ray Lung", Rel("28", "X-ray Lung", "COVID, counts as State")),
-       ("CT Brain", Rel("06", "CT Brain", "Cancer, the target's own tag (see FT rule)")), ("32", "X-ray Brain"),
-       49, 50, 81, T32, [FT_PAIR + "; pair 20/22"]),
-    t3(21, "FT", None, ("X-ray Bones", Rel("26", "X-ray Bones", "State")),
-       ("CT Brain", Rel("05", "CT Brain", "State (see FT rule)")), ("32", "X-ray Brain"), 25, 51, 74,
-       "AMBIGUOUS: the printed baseline 25 does not match 32's 49; 32 is the only X-ray Brain subset",
-       [FT_PAIR + "; pair 19/21"]),
-    t3(22, "FT", None, ("X-ray Lung", Rel("28", "X-ray Lung", "COVID, counts as State")),
-       ("CT Brain", Rel("05", "CT Brain", "State (see FT rule)")), ("32", "X-ray Brain"), 49, 52, 52, T32,
-       [FT_PAIR + "; pair 20/22"]),
-    t3(23, "FT", None, ("CT Lung", Rel("04", "CT Lung", "Cancer: the fixed task read as Cancer")),
-       ("X-ray Brain", Rel("32", "X-ray Brain", "Cancer")), ("06", "CT Brain"), 33, 50, 60,
-       "AMBIGUOUS (05 or 06, both baseline 33): 06 with the fixed task Cancer (04 + 32 are both Cancer); "
-       "the alternative is 05 (State) from 03 + 32"),
-    t3(24, "FT", None, ("CT Brain", Rel("06", "CT Brain", "Cancer, the target's own tag; AMBIGUOUS: "
-                                        "05 (State) fits the name too")),
-       ("X-ray Lung", Rel("28", "X-ray Lung", "COVID, counts as State")), ("04", "CT Lung"), 25, 25, 36,
-       B25 + "; fixed task State (merged): no X-ray Lung Cancer subset exists. Table 4/9 row 5"),
-    t3(25, "FT", None, ("CT Brain", Rel("05", "CT Brain", "State")),
-       ("X-ray Lung", Rel("28", "X-ray Lung", "COVID, counts as State")), ("03", "CT Lung"), 47, 50, 81, T03,
-       [FT_PAIR + "; pair 25/26 (no CT Brain COVID subset: 25 takes 05, 26 takes 06, in order)"]),
-    t3(26, "FT", None, ("CT Brain", Rel("06", "CT Brain", "Cancer, counts as State")),
-       ("X-ray Lung", Rel("28", "X-ray Lung", "COVID")), ("03", "CT Lung"), 47, 50, 71,
-       T03 + "; Table 4/9 row 6 (70.67 in Table 9 ~ 71)", [FT_PAIR + "; pair 25/26"]),
-    t3(27, "FT", None, ("X-ray Bones", Rel("26", "X-ray Bones", "State")),
-       ("CT Lung", Rel("04", "CT Lung", "Cancer, counts as State (see FT rule)")), ("28", "X-ray Lung"),
-       30, 32, 28, T28 + "; Table 16's CG model is inferred to be this row", [FT_PAIR + "; pair 27/29"]),
-    t3(28, "FT", None, ("X-ray Brain", Rel("32", "X-ray Brain", "Cancer, counts as State")),
-       ("CT Lung", Rel("04", "CT Lung", "Cancer (see FT rule)")), ("28", "X-ray Lung"), 30, 32, 35, T28,
-       [FT_PAIR + "; pair 28/30"]),
-    t3(29, "FT", None, ("X-ray Bones", Rel("26", "X-ray Bones", "State")),
-       ("CT Lung", Rel("03", "CT Lung", "COVID, the target's own tag (see FT rule)")), ("28", "X-ray Lung"),
-       30, 32, 41, T28, [FT_PAIR + "; pair 27/29"]),
-    t3(30, "FT", None, ("X-ray Brain", Rel("32", "X-ray Brain", "Cancer, counts as State")),
-       ("CT Lung", Rel("03", "CT Lung", "COVID, the target's own tag (see FT rule)")), ("28", "X-ray Lung"),
-       30, 32, 42, T28, [FT_PAIR + "; pair 28/30"]),
+    t3(
+        19,
+        "FT",
+        None,
+        ("X-ray Bones", Rel("26", "X-ray Bones", "State; the only X-ray Bones State/Cancer subset")),
+        ("CT Brain", Rel("06", "CT Brain", "Cancer, the target's own tag (see FT rule)")),
+        ("32", "X-ray Brain"),
+        49,
+        49,
+        91,
+        T32,
+        [FT_PAIR + "; pair 19/21"],
+    ),
+    t3(
+        20,
+        "FT",
+        None,
+        ("X-ray Lung", Rel("28", "X-ray Lung", "COVID, counts as State")),
+        ("CT Brain", Rel("06", "CT Brain", "Cancer, the target's own tag (see FT rule)")),
+        ("32", "X-ray Brain"),
+        49,
+        50,
+        81,
+        T32,
+        [FT_PAIR + "; pair 20/22"],
+    ),
+    t3(
+        21,
+        "FT",
+        None,
+        ("X-ray Bones", Rel("26", "X-ray Bones", "State")),
+        ("CT Brain", Rel("05", "CT Brain", "State (see FT rule)")),
+        ("32", "X-ray Brain"),
+        25,
+        51,
+        74,
+        "AMBIGUOUS: the printed baseline 25 does not match 32's 49; 32 is the only X-ray Brain subset",
+        [FT_PAIR + "; pair 19/21"],
+    ),
+    t3(
+        22,
+        "FT",
+        None,
+        ("X-ray Lung", Rel("28", "X-ray Lung", "COVID, counts as State")),
+        ("CT Brain", Rel("05", "CT Brain", "State (see FT rule)")),
+        ("32", "X-ray Brain"),
+        49,
+        52,
+        52,
+        T32,
+        [FT_PAIR + "; pair 20/22"],
+    ),
+    t3(
+        23,
+        "FT",
+        None,
+        ("CT Lung", Rel("04", "CT Lung", "Cancer: the fixed task read as Cancer")),
+        ("X-ray Brain", Rel("32", "X-ray Brain", "Cancer")),
+        ("06", "CT Brain"),
+        33,
+        50,
+        60,
+        "AMBIGUOUS (05 or 06, both baseline 33): 06 with the fixed task Cancer (04 + 32 are both Cancer); "
+        "the alternative is 05 (State) from 03 + 32",
+    ),
+    t3(
+        24,
+        "FT",
+        None,
+        (
+            "CT Brain",
+            Rel("06", "CT Brain", "Cancer, the target's own tag; AMBIGUOUS: 05 (State) fits the name too"),
+        ),
+        ("X-ray Lung", Rel("28", "X-ray Lung", "COVID, counts as State")),
+        ("04", "CT Lung"),
+        25,
+        25,
+        36,
+        B25 + "; fixed task State (merged): no X-ray Lung Cancer subset exists. Table 4/9 row 5",
+    ),
+    t3(
+        25,
+        "FT",
+        None,
+        ("CT Brain", Rel("05", "CT Brain", "State")),
+        ("X-ray Lung", Rel("28", "X-ray Lung", "COVID, counts as State")),
+        ("03", "CT Lung"),
+        47,
+        50,
+        81,
+        T03,
+        [FT_PAIR + "; pair 25/26 (no CT Brain COVID subset: 25 takes 05, 26 takes 06, in order)"],
+    ),
+    t3(
+        26,
+        "FT",
+        None,
+        ("CT Brain", Rel("06", "CT Brain", "Cancer, counts as State")),
+        ("X-ray Lung", Rel("28", "X-ray Lung", "COVID")),
+        ("03", "CT Lung"),
+        47,
+        50,
+        71,
+        T03 + "; Table 4/9 row 6 (70.67 in Table 9 ~ 71)",
+        [FT_PAIR + "; pair 25/26"],
+    ),
+    t3(
+        27,
+        "FT",
+        None,
+        ("X-ray Bones", Rel("26", "X-ray Bones", "State")),
+        ("CT Lung", Rel("04", "CT Lung", "Cancer, counts as State (see FT rule)")),
+        ("28", "X-ray Lung"),
+        30,
+        32,
+        28,
+        T28 + "; Table 16's CG model is inferred to be this row",
+        [FT_PAIR + "; pair 27/29"],
+    ),
+    t3(
+        28,
+        "FT",
+        None,
+        ("X-ray Brain", Rel("32", "X-ray Brain", "Cancer, counts as State")),
+        ("CT Lung", Rel("04", "CT Lung", "Cancer (see FT rule)")),
+        ("28", "X-ray Lung"),
+        30,
+        32,
+        35,
+        T28,
+        [FT_PAIR + "; pair 28/30"],
+    ),
+    t3(
+        29,
+        "FT",
+        None,
+        ("X-ray Bones", Rel("26", "X-ray Bones", "State")),
+        ("CT Lung", Rel("03", "CT Lung", "COVID, the target's own tag (see FT rule)")),
+        ("28", "X-ray Lung"),
+        30,
+        32,
+        41,
+        T28,
+        [FT_PAIR + "; pair 27/29"],
+    ),
+    t3(
+        30,
+        "FT",
+        None,
+        ("X-ray Brain", Rel("32", "X-ray Brain", "Cancer, counts as State")),
+        ("CT Lung", Rel("03", "CT Lung", "COVID, the target's own tag (see FT rule)")),
+        ("28", "X-ray Lung"),
+        30,
+        32,
+        42,
+        T28,
+        [FT_PAIR + "; pair 28/30"],
+    ),
     # MA: the modality-area pair from one subset, the task from the other
-    t3(31, "MA", None, _r(DER_CANCER), _r(FP_DIS), ("08", "Der-Skin Diseases"), 25, 29, 33,
-       "inferred: baseline 25 = Table 1's 08"),
-    t3(32, "MA", None, _r(DER_CANCER), _r(OCT_DIS), ("08", "Der-Skin Diseases"), 25, 29, 33,
-       "inferred: baseline 25 = Table 1's 08"),
-    t3(33, "MA", None, _r(DER_DIS), _r(DP_CANCER), ("07", "Der-Skin Cancer"), 40, 33, 63,
-       "inferred: baseline 40 = Table 1's 07"),
-    t3(34, "MA", None, _r(DER_DIS), _r(MIC_CANCER), ("07", "Der-Skin Cancer"), 40, 33, 63,
-       "inferred: baseline 40 = Table 1's 07"),
-    t3(35, "MA", None, _r(DP_STATE), _r(DER_CANCER), ("10", "DP-Mouth Cancer"), 48, 50, 52,
-       "inferred: baseline 48 = Table 2's 10"),
-    t3(36, "MA", None, _r(DP_STATE), _r(MIC_CANCER), ("10", "DP-Mouth Cancer"), 48, 50, 55,
-       "inferred: baseline 48 = Table 2's 10"),
-    t3(37, "MA", None, _r(FP_DIS), _r(MIC_LEVEL), ("34", "FP-Fundus Level"), 33, 36, 42,
-       "AMBIGUOUS (16 or 34; baseline 33 matches neither 24 nor 20): 34 chosen because Table 9 implies a "
-       "test set of 33 items (small, like the OOD targets; ID targets have 150-200+); 16 (same triplet) is "
-       "then never trained on. Table 4/9 row 7"),
-    t3(38, "MA", None, _r(MIC_RECOG), _r(FP_LEVEL), ("19", "Mic-Cell Level"), 23, 33, 32,
-       T19 + "; Table 4/9 row 8"),
+    t3(
+        31,
+        "MA",
+        None,
+        _r(DER_CANCER),
+        _r(FP_DIS),
+        ("08", "Der-Skin Diseases"),
+        25,
+        29,
+        33,
+        "inferred: baseline 25 = Table 1's 08",
+    ),
+    t3(
+        32,
+        "MA",
+        None,
+        _r(DER_CANCER),
+        _r(OCT_DIS),
+        ("08", "Der-Skin Diseases"),
+        25,
+        29,
+        33,
+        "inferred: baseline 25 = Table 1's 08",
+    ),
+    t3(
+        33,
+        "MA",
+        None,
+        _r(DER_DIS),
+        _r(DP_CANCER),
+        ("07", "Der-Skin Cancer"),
+        40,
+        33,
+        63,
+        "inferred: baseline 40 = Table 1's 07",
+    ),
+    t3(
+        34,
+        "MA",
+        None,
+        _r(DER_DIS),
+        _r(MIC_CANCER),
+        ("07", "Der-Skin Cancer"),
+        40,
+        33,
+        63,
+        "inferred: baseline 40 = Table 1's 07",
+    ),
+    t3(
+        35,
+        "MA",
+        None,
+        _r(DP_STATE),
+        _r(DER_CANCER),
+        ("10", "DP-Mouth Cancer"),
+        48,
+        50,
+        52,
+        "inferred: baseline 48 = Table 2's 10",
+    ),
+    t3(
+        36,
+        "MA",
+        None,
+        _r(DP_STATE),
+        _r(MIC_CANCER),
+        ("10", "DP-Mouth Cancer"),
+        48,
+        50,
+        55,
+        "inferred: baseline 48 = Table 2's 10",
+    ),
+    t3(
+        37,
+        "MA",
+        None,
+        _r(FP_DIS),
+        _r(MIC_LEVEL),
+        ("34", "FP-Fundus Level"),
+        33,
+        36,
+        42,
+        "AMBIGUOUS (16 or 34; baseline 33 matches neither 24 nor 20): 34 chosen because Table 9 implies a "
+        "test set of 33 items (small, like the OOD targets; ID targets have 150-200+); 16 (same triplet) is "
+        "then never trained on. Table 4/9 row 7",
+    ),
+    t3(
+        38,
+        "MA",
+        None,
+        _r(MIC_RECOG),
+        _r(FP_LEVEL),
+        ("19", "Mic-Cell Level"),
+        23,
+        33,
+        32,
+        T19 + "; Table 4/9 row 8",
+    ),
     t3(39, "MA", None, _r(MIC_RECOG), _r(DER_CANCER), ("21", "Mic-Cell Cancer"), 49, 50, 50, T21),
     t3(40, "MA", None, _r(MIC_RECOG), _r(DP_CANCER), ("21", "Mic-Cell Cancer"), 49, 51, 62, T21),
     t3(41, "MA", None, _r(MIC_LEVEL), _r(DER_CANCER), ("21", "Mic-Cell Cancer"), 49, 51, 52, T21),
@@ -351,12 +686,20 @@ TABLE3 = [
 T3 = {int(r.name[6:]): r for r in TABLE3}
 
 GROUP_TEXT = {
-    "FM": ("fixed modality", range(1, 15), "rows 1-3 CT, rows 4-14 X-ray (X-ray inferred: Bones, Chest and "
-           "Lung Diseases exist only as X-ray subsets)"),
+    "FM": (
+        "fixed modality",
+        range(1, 15),
+        "rows 1-3 CT, rows 4-14 X-ray (X-ray inferred: Bones, Chest and "
+        "Lung Diseases exist only as X-ray subsets)",
+    ),
     "FA": ("fixed area", range(15, 19), "rows 15-17 Lung, row 18 Brain"),
     "FT": ("fixed task", range(19, 31), "the fixed task is not printed; COVID and Cancer count as State"),
-    "MA": ("modality-area pair", range(31, 44), "the pair (Der-Skin, DP-Mouth, FP-Fundus, OCT-Retina, Mic-Cell) "
-           "comes from one subset, the task from the other"),
+    "MA": (
+        "modality-area pair",
+        range(31, 44),
+        "the pair (Der-Skin, DP-Mouth, FP-Fundus, OCT-Retina, Mic-Cell) "
+        "comes from one subset, the task from the other",
+    ),
 }
 
 
@@ -413,8 +756,18 @@ def eight_rows(prefix: str, paper: list[dict[str, float]], what: str) -> list[Ro
     for i, (n, p) in enumerate(zip(EIGHT, paper, strict=True), start=1):
         src = T3[n]
         title = f"{what} row {i} = Table 3 row {n}: " + src.title.split(": ", 1)[1].split("; paper")[0]
-        out.append(Row(f"{prefix}_row{i}", src.group, title, src.target, src.target_why, src.related, p,
-                       notes=src.notes))
+        out.append(
+            Row(
+                f"{prefix}_row{i}",
+                src.group,
+                title,
+                src.target,
+                src.target_why,
+                src.related,
+                p,
+                notes=src.notes,
+            )
+        )
     return out
 
 
@@ -431,7 +784,7 @@ def table4_file(model: str) -> str:
     label = "Qwen2-VL-7B-Instruct" if qwen else "Llama-3.2-11B-Vision-Instruct"
     paper = [{"baseline": b, "trained": t, "gain": t - b} for b, t in nums]
     header = f"""\
-Paper Table 4 with the absolute numbers of Table {'11' if qwen else '12'}: the 8 two-element CG
+Paper Table 4 with the absolute numbers of Table {"11" if qwen else "12"}: the 8 two-element CG
 combinations on {label}, full-parameter fine-tuning, 5 epochs, lr 2e-6, global batch 32.
 Reported: Baseline (untrained) and Trained, gain = Trained - Baseline. No Baseline+ is reported
 for these backbones (cg.baseline_plus false).
@@ -444,7 +797,7 @@ cg:
   baseline_plus: false
   seeds: [0]
   note: >-
-    Paper Table 4 / Table {'11' if qwen else '12'} on {label}; paper column: Baseline / - / Trained
+    Paper Table 4 / Table {"11" if qwen else "12"} on {label}; paper column: Baseline / - / Trained
     (gain in cg_report.json).
 """
     return document(header, "_qwen2vl" if qwen else "_llama32v", body, eight_rows("t4", paper, "Table 4"))
@@ -486,40 +839,110 @@ def S(sid: str, gives: str, why: str = "") -> Rel:  # noqa: N802
     return Rel(sid, f"gives {gives}: {' '.join(info.triplet)}", why)
 
 
-BRAIN_NOTE = ("no Med-MAT subset shares only the area Brain with a CT Brain target (05, 06, 22, 32 all share "
-              "the task too, through the State merge), so the area source also shares the task")
+BRAIN_NOTE = (
+    "no Med-MAT subset shares only the area Brain with a CT Brain target (05, 06, 22, 32 all share "
+    "the task too, through the State merge), so the area source also shares the task"
+)
 
 
 def t10(n, target, rels, base, trained, why, notes=()):
     t = CLASSIFICATION[target]
-    title = (f"Table 10 row {n}: {t.modality} + {t.area} + {t.task} -> {' '.join(t.triplet)}; "
-             f"paper Baseline {base}, Trained {trained}")
-    return Row(f"t10_row{n}", None, title, target, why, rels, {"baseline": base, "trained": trained},
-               notes=list(notes))
+    title = (
+        f"Table 10 row {n}: {t.modality} + {t.area} + {t.task} -> {' '.join(t.triplet)}; "
+        f"paper Baseline {base}, Trained {trained}"
+    )
+    return Row(
+        f"t10_row{n}",
+        None,
+        title,
+        target,
+        why,
+        rels,
+        {"baseline": base, "trained": trained},
+        notes=list(notes),
+    )
 
 
 T10_06 = "the only CT Brain Cancer subset; AMBIGUOUS: the printed baseline 28 differs from Table 2's 33"
 T10_05 = "inferred: baseline 33 = Table 2's 05 (the only CT Brain State subset)"
-T10_30 = ("AMBIGUOUS: the printed baseline 30 equals 28's (X-ray Lung COVID), not 30's 49; 30 is the only "
-          "X-ray Lung Diseases subset")
+T10_30 = (
+    "AMBIGUOUS: the printed baseline 30 equals 28's (X-ray Lung COVID), not 30's 49; 30 is the only "
+    "X-ray Lung Diseases subset"
+)
 T10_29 = "inferred: baseline 31 = Table 2's 29 (37 has the same triplet, baseline 19, and is not trained on)"
 
 TABLE10 = [
-    t10(1, "06", [S("02", "modality CT"), S("22", "area Brain", "also shares the task"),
-                  S("21", "task Cancer")], 28, 26, T10_06, [BRAIN_NOTE]),
-    t10(2, "06", [S("02", "modality CT"), S("32", "area Brain", "also shares the task"),
-                  S("07", "task Cancer")], 28, 25, T10_06, [BRAIN_NOTE]),
-    t10(3, "05", [S("02", "modality CT"), S("22", "area Brain", "also shares the task (Cancer as State)"),
-                  S("26", "task State")], 33, 64, T10_05, [BRAIN_NOTE]),
-    t10(4, "05", [S("02", "modality CT"), S("32", "area Brain", "also shares the task (Cancer as State)"),
-                  S("09", "task State")], 33, 70, T10_05, [BRAIN_NOTE]),
+    t10(
+        1,
+        "06",
+        [S("02", "modality CT"), S("22", "area Brain", "also shares the task"), S("21", "task Cancer")],
+        28,
+        26,
+        T10_06,
+        [BRAIN_NOTE],
+    ),
+    t10(
+        2,
+        "06",
+        [S("02", "modality CT"), S("32", "area Brain", "also shares the task"), S("07", "task Cancer")],
+        28,
+        25,
+        T10_06,
+        [BRAIN_NOTE],
+    ),
+    t10(
+        3,
+        "05",
+        [
+            S("02", "modality CT"),
+            S("22", "area Brain", "also shares the task (Cancer as State)"),
+            S("26", "task State"),
+        ],
+        33,
+        64,
+        T10_05,
+        [BRAIN_NOTE],
+    ),
+    t10(
+        4,
+        "05",
+        [
+            S("02", "modality CT"),
+            S("32", "area Brain", "also shares the task (Cancer as State)"),
+            S("09", "task State"),
+        ],
+        33,
+        70,
+        T10_05,
+        [BRAIN_NOTE],
+    ),
     t10(5, "30", [S("26", "modality X-ray"), S("03", "area Lung"), S("02", "task Diseases")], 30, 45, T10_30),
     t10(6, "30", [S("25", "modality X-ray"), S("03", "area Lung"), S("23", "task Diseases")], 30, 38, T10_30),
     t10(7, "30", [S("32", "modality X-ray"), S("04", "area Lung"), S("13", "task Diseases")], 30, 44, T10_30),
-    t10(8, "29", [S("26", "modality X-ray"), S("24", "area Breast", "the only Breast-only subset (OOD)"),
-                  S("08", "task Diseases")], 31, 32, T10_29),
-    t10(9, "29", [S("28", "modality X-ray"), S("24", "area Breast", "the only Breast-only subset (OOD)"),
-                  S("14", "task Diseases")], 31, 52, T10_29),
+    t10(
+        8,
+        "29",
+        [
+            S("26", "modality X-ray"),
+            S("24", "area Breast", "the only Breast-only subset (OOD)"),
+            S("08", "task Diseases"),
+        ],
+        31,
+        32,
+        T10_29,
+    ),
+    t10(
+        9,
+        "29",
+        [
+            S("28", "modality X-ray"),
+            S("24", "area Breast", "the only Breast-only subset (OOD)"),
+            S("14", "task Diseases"),
+        ],
+        31,
+        52,
+        T10_29,
+    ),
 ]
 
 
@@ -555,10 +978,28 @@ cg:
 # ------------------------------------------------------------------------------------------
 
 SCALING = {
-    "03": (47, {"all_unrelated": 51, "all_related": 73, "wo_modality": 62, "wo_area": 58, "wo_task": 48,
-                "all_data": 76}),
-    "28": (30, {"all_unrelated": 33, "all_related": 46, "wo_modality": 38, "wo_area": 37, "wo_task": 36,
-                "all_data": 42}),
+    "03": (
+        47,
+        {
+            "all_unrelated": 51,
+            "all_related": 73,
+            "wo_modality": 62,
+            "wo_area": 58,
+            "wo_task": 48,
+            "all_data": 76,
+        },
+    ),
+    "28": (
+        30,
+        {
+            "all_unrelated": 33,
+            "all_related": 46,
+            "wo_modality": 38,
+            "wo_area": 37,
+            "wo_task": 36,
+            "all_data": 42,
+        },
+    ),
 }
 ARMS = [
     ("all_related", "related", [], "All Related: every ID subset sharing >= 1 element with the target"),
@@ -574,13 +1015,20 @@ def scaling_file(tid: str) -> str:
     t = CLASSIFICATION[tid]
     base, values = SCALING[tid]
     rows = [
-        Row(f"s{tid}_{arm}", None, f"Figure 4, {desc}; paper {values[arm]} (Baseline {base})", tid,
-            f"Figure 4 target (baseline {base} = Table 1's {tid})", rule, {"baseline": base, "trained": values[arm]},
-            without=without)
+        Row(
+            f"s{tid}_{arm}",
+            None,
+            f"Figure 4, {desc}; paper {values[arm]} (Baseline {base})",
+            tid,
+            f"Figure 4 target (baseline {base} = Table 1's {tid})",
+            rule,
+            {"baseline": base, "trained": values[arm]},
+            without=without,
+        )
         for arm, rule, without, desc in ARMS
     ]
     header = f"""\
-Paper Figure 4 (scaling experiment), target Subset {tid} ({' '.join(t.triplet)}), LLaVA-v1.5-7B:
+Paper Figure 4 (scaling experiment), target Subset {tid} ({" ".join(t.triplet)}), LLaVA-v1.5-7B:
 six training arms, each a separate cg target on the same subset (Trained = the arm; paper: trained =
 the bar's value, read from the figure's labels): All Related, All Unrelated, w/o Modality, w/o Area,
 w/o Task, All Data; Baseline = untrained ({base}). Only ID subsets are trained on (split.train_status
@@ -602,7 +1050,7 @@ cg:
   baseline_plus: false
   seeds: [0]
   note: >-
-    Paper Figure 4, target {tid} ({' '.join(t.triplet)}): one row per arm, each capped at 15,000 training
+    Paper Figure 4, target {tid} ({" ".join(t.triplet)}): one row per arm, each capped at 15,000 training
     samples spread evenly over the arm's subsets (how the paper drew them is not stated). Paper column:
     Baseline / - / the arm's bar.
 """
@@ -621,10 +1069,19 @@ def fig5_file() -> str:
     for grp, n in FIG5:
         src = T3[n]
         p = src.paper
-        rows.append(Row(f"f5_{grp}_row{n:02d}", src.group,
-                        f"Figure 5 {src.group}: Table 3 row {n}; Table 3's full-size values Baseline "
-                        f"{p['baseline']}, Baseline+ {p['baseline_plus']}, Trained {p['trained']}",
-                        src.target, src.target_why, src.related, {"baseline": p["baseline"]}, notes=src.notes))
+        rows.append(
+            Row(
+                f"f5_{grp}_row{n:02d}",
+                src.group,
+                f"Figure 5 {src.group}: Table 3 row {n}; Table 3's full-size values Baseline "
+                f"{p['baseline']}, Baseline+ {p['baseline_plus']}, Trained {p['trained']}",
+                src.target,
+                src.target_why,
+                src.related,
+                {"baseline": p["baseline"]},
+                notes=src.notes,
+            )
+        )
     header = """\
 Paper Figure 5: accuracy on the target against the amount of combination data (0-3,000), no target
 data, Related (Trained) against the same amount of Unrelated data (Baseline+), LLaVA-v1.5-7B.
@@ -672,10 +1129,19 @@ def fig6_file() -> str:
     for grp, n in _fig6_rows():
         src = T3[n]
         p = src.paper
-        rows.append(Row(f"f6_{grp}_row{n:02d}", src.group,
-                        f"Figure 6 {src.group}: Table 3 row {n} (CG did not help there); Table 3's values "
-                        f"Baseline {p['baseline']}, Baseline+ {p['baseline_plus']}, Trained {p['trained']}",
-                        src.target, src.target_why, src.related, {"baseline": p["baseline"]}, notes=src.notes))
+        rows.append(
+            Row(
+                f"f6_{grp}_row{n:02d}",
+                src.group,
+                f"Figure 6 {src.group}: Table 3 row {n} (CG did not help there); Table 3's values "
+                f"Baseline {p['baseline']}, Baseline+ {p['baseline_plus']}, Trained {p['trained']}",
+                src.target,
+                src.target_why,
+                src.related,
+                {"baseline": p["baseline"]},
+                notes=src.notes,
+            )
+        )
     header = """\
 Paper Figure 6: accuracy on the target against the amount of target data added to training (0-2,000),
 on top of the Related combination (Trained) or the same amount of Unrelated data (Baseline+),

@@ -491,11 +491,21 @@ def test_medmat_findings_are_consistent_and_visible():
                 if other <= lab:
                     continue
                 for seed in (0, 1):
-                    a, b = pair(spec.modality, spec.area, spec.task, lab, other, seed=seed, size=32,
-                                labels=spec.labels)
+                    a, b = pair(
+                        spec.modality,
+                        spec.area,
+                        spec.task,
+                        lab,
+                        other,
+                        seed=seed,
+                        size=32,
+                        labels=spec.labels,
+                    )
                     assert np.any(a != b, axis=-1).sum() >= 5, (spec.id, lab, other)
     assert all(len(v) == 1 for v in by_tag.values())  # one look per label and task tag, in every subset
     # the merge rule in pixels: the diseased label of State, COVID and Cancer is one finding
-    diseased = {synth.finding_for(t, lab, synth.MEDMAT_TASK_LABELS[t])
-                for t, lab in (("State", "Abnormal"), ("COVID", "COVID-19"), ("Cancer", "Tumor"))}
+    diseased = {
+        synth.finding_for(t, lab, synth.MEDMAT_TASK_LABELS[t])
+        for t, lab in (("State", "Abnormal"), ("COVID", "COVID-19"), ("Cancer", "Tumor"))
+    }
     assert len(diseased) == 1

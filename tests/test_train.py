@@ -414,8 +414,15 @@ def test_evaluation_during_training_gives_a_learning_curve(tiny, split, tmp_path
     manifest = small_manifest(split, tmp_path / "m.jsonl", 8)
     tcfg = TrainConfig(**{**FAST, "max_steps": 4, "per_device_batch_size": 4, "eval_every": 2})
     curves = {"target": str(split / "test.jsonl"), "seen": str(split / "seen_test.jsonl")}
-    train(ModelConfig(path=str(tiny["qwen2_vl"])), tcfg, PeftConfig(), DistributedConfig(), str(manifest),
-          tmp_path / "run", eval_manifests=curves)
+    train(
+        ModelConfig(path=str(tiny["qwen2_vl"])),
+        tcfg,
+        PeftConfig(),
+        DistributedConfig(),
+        str(manifest),
+        tmp_path / "run",
+        eval_manifests=curves,
+    )
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     points = {r["step"]: r for r in rows if "eval/target/accuracy" in r}
     assert sorted(points) == [2, 4]

@@ -18,7 +18,9 @@ class CGTarget:
     without: list[str] = field(default_factory=list)  # ablation of the related rule
     name: str | None = None  # a short name for folders and tables; default derived from the target
     group: str | None = None  # FM / FA / FT / MA, as the paper groups Table 3
-    paper: dict[str, float] | None = None  # the paper's numbers for this row (baseline, baseline_plus, trained)
+    paper: dict[str, float] | None = (
+        None  # the paper's numbers for this row (baseline, baseline_plus, trained)
+    )
 
 
 @dataclass
@@ -37,7 +39,9 @@ class TinyBase:
 @dataclass
 class CGConfig:
     targets: list[CGTarget] = field(default_factory=list)
-    seeds: list[int] = field(default_factory=lambda: [0])  # training seeds (the paper repeats runs in Table 9)
+    seeds: list[int] = field(
+        default_factory=lambda: [0]
+    )  # training seeds (the paper repeats runs in Table 9)
     only: list[str] | None = None  # run just these target names (one job per target with -m)
     baseline_plus: bool = True  # train the size-matched Unrelated control
     eval_seen: bool = True  # the Trained model on the test sets of the combinations it trained on

@@ -57,19 +57,29 @@ def plan_targets(cg: CGConfig, split: SplitConfig, source: Any) -> list[Plan]:
         key = f"cg.targets[{i}]"
         ids = resolve_ids([spec.target], subsets, vocab, f"{key}.target")
         if len(ids) != 1:
-            raise ConfigError(f"{key}.target", f"names {len(ids)} subsets ({ids}); a CG target is one subset",
-                              "give a subset id or a fuller MAT pattern")
+            raise ConfigError(
+                f"{key}.target",
+                f"names {len(ids)} subsets ({ids}); a CG target is one subset",
+                "give a subset id or a fuller MAT pattern",
+            )
         tid = ids[0]
-        related = dataclasses.replace(split, targets=[tid], train=spec.related, without=list(spec.without),
-                                      match_size_of=None)
-        if not select_train(spec.related, spec.without, [tid], subsets, vocab, split.train_status, f"{key}.related"):
-            raise ConfigError(f"{key}.related", f"no related data for target {subsets[tid].describe()}",
-                              "choose another target or widen the related selection")
+        related = dataclasses.replace(
+            split, targets=[tid], train=spec.related, without=list(spec.without), match_size_of=None
+        )
+        if not select_train(
+            spec.related, spec.without, [tid], subsets, vocab, split.train_status, f"{key}.related"
+        ):
+            raise ConfigError(
+                f"{key}.related",
+                f"no related data for target {subsets[tid].describe()}",
+                "choose another target or widen the related selection",
+            )
         unrelated = None
         if cg.baseline_plus:
             match = {"train": spec.related, "without": list(spec.without)}
-            unrelated = dataclasses.replace(split, targets=[tid], train="unrelated", without=[], match_size_of=match,
-                                            seen_test=False)
+            unrelated = dataclasses.replace(
+                split, targets=[tid], train="unrelated", without=[], match_size_of=match, seen_test=False
+            )
         name = target_name(spec, subsets[tid])
         if subsets[tid].task == "Det":
             # Rules train only on split.train_status (default ID/OOD); a detection target then
@@ -80,9 +90,13 @@ def plan_targets(cg: CGConfig, split: SplitConfig, source: Any) -> list[Plan]:
     if cg.only is not None:
         missing = set(cg.only) - {p.name for p in plans}
         if missing:
-            raise ConfigError("cg.only", f"no target named {sorted(missing)}", f"names: {[p.name for p in plans]}")
+            raise ConfigError(
+                "cg.only", f"no target named {sorted(missing)}", f"names: {[p.name for p in plans]}"
+            )
     if not plans:
-        raise ConfigError("cg.targets", "no target to run", "list targets under cg.targets (see conf/experiment/)")
+        raise ConfigError(
+            "cg.targets", "no target to run", "list targets under cg.targets (see conf/experiment/)"
+        )
     return plans
 
 
@@ -107,7 +121,9 @@ def build_splits(plan: Plan, data: DataConfig, source: Any, out: Path) -> dict[s
         d = out / "splits" / kind
         if not (d / "split_meta.json").is_file() and _is_main():
             built = build_split(source, data, cfg)
-            write_split(built, d, {"data": {**as_dict(data), "root": str(source.root)}, "split": as_dict(cfg)}, source)
+            write_split(
+                built, d, {"data": {**as_dict(data), "root": str(source.root)}, "split": as_dict(cfg)}, source
+            )
         _barrier()
         metas[kind] = json.loads((d / "split_meta.json").read_text())
     return metas
@@ -124,8 +140,16 @@ def _free() -> None:
         pass
 
 
-def train_stage(model: ModelConfig, train_cfg: TrainConfig, peft: PeftConfig, dist: DistributedConfig,
-                manifest: Path, out: Path, seed: int, curves: dict[str, str] | None = None) -> Path:
+def train_stage(
+    model: ModelConfig,
+    train_cfg: TrainConfig,
+    peft: PeftConfig,
+    dist: DistributedConfig,
+    manifest: Path,
+    out: Path,
+    seed: int,
+    curves: dict[str, str] | None = None,
+) -> Path:
     """Train one model (resuming a half-finished one); returns its ``final/`` directory."""
     from cgmed.train.loop import train
 
@@ -139,21 +163,40 @@ def train_stage(model: ModelConfig, train_cfg: TrainConfig, peft: PeftConfig, di
     return final
 
 
-def eval_stage(model_path: Path | str, eval_cfg: EvalConfig, manifest: Path, out: Path, model: ModelConfig) -> dict:
+def eval_stage(
+    model_path: Path | str, eval_cfg: EvalConfig, manifest: Path, out: Path, model: ModelConfig
+) -> dict:
     """Evaluate once; a finished evaluation is read back."""
     from cgmed.eval.run import evaluate
 
     if (out / "results.json").is_file():
         return json.loads((out / "results.json").read_text())
-    doc = evaluate(str(model_path), eval_cfg, str(manifest), out, model.family, model.dtype,
-                   {"min_pixels": model.min_pixels, "max_pixels": model.max_pixels})
+    doc = evaluate(
+        str(model_path),
+        eval_cfg,
+        str(manifest),
+        out,
+        model.family,
+        model.dtype,
+        {"min_pixels": model.min_pixels, "max_pixels": model.max_pixels},
+    )
     _free()
     return doc
 
 
-def run_protocol(cg: CGConfig, data: DataConfig, split: SplitConfig, synth: Any, model: ModelConfig,
-                 train_cfg: TrainConfig, peft: PeftConfig, dist: DistributedConfig, eval_cfg: EvalConfig,
-                 run_dir: Path, dry_run: bool = False) -> dict[str, Any]:
+def run_protocol(
+    cg: CGConfig,
+    data: DataConfig,
+    split: SplitConfig,
+    synth: Any,
+    model: ModelConfig,
+    train_cfg: TrainConfig,
+    peft: PeftConfig,
+    dist: DistributedConfig,
+    eval_cfg: EvalConfig,
+    run_dir: Path,
+    dry_run: bool = False,
+) -> dict[str, Any]:
     """The whole protocol; returns the report document (and writes it unless ``dry_run``)."""
     from cgmed.cg.report import print_plan, write_report
     from cgmed.train.distributed import init_process_state
@@ -166,7 +209,9 @@ def run_protocol(cg: CGConfig, data: DataConfig, split: SplitConfig, synth: Any,
     plans = plan_targets(cg, split, source)
     if not dry_run and model.path is None:
         if cg.tiny_base is None:
-            raise ConfigError("model.path", "is required", "model.path=DIR or a hub id (or cg.tiny_base for a demo)")
+            raise ConfigError(
+                "model.path", "is required", "model.path=DIR or a hub id (or cg.tiny_base for a demo)"
+            )
         model = dataclasses.replace(model, path=str(_tiny_base(cg, run_dir)))
 
     per_target = []
@@ -178,7 +223,9 @@ def run_protocol(cg: CGConfig, data: DataConfig, split: SplitConfig, synth: Any,
             continue
         rel, unrel = out / "splits" / "related", out / "splits" / "unrelated"
         entry: dict[str, Any] = {"plan": plan, "metas": metas, "baseline": None, "seeds": {}}
-        entry["baseline"] = eval_stage(model.path, eval_cfg, rel / "test.jsonl", out / "baseline" / "eval", model)
+        entry["baseline"] = eval_stage(
+            model.path, eval_cfg, rel / "test.jsonl", out / "baseline" / "eval", model
+        )
         for seed in cg.seeds:
             s_out = out / f"seed-{seed}"
             curves = None
@@ -186,16 +233,23 @@ def run_protocol(cg: CGConfig, data: DataConfig, split: SplitConfig, synth: Any,
                 curves = {"target": str(rel / "test.jsonl"), "seen": str(rel / "seen_test.jsonl")}
                 train_cfg = dataclasses.replace(train_cfg, eval_every=cg.curve_every)
             res: dict[str, Any] = {}
-            final = train_stage(model, train_cfg, peft, dist, rel / "train.jsonl", s_out / "trained", seed, curves)
-            res["trained"] = eval_stage(final, eval_cfg, rel / "test.jsonl", s_out / "trained" / "eval", model)
+            final = train_stage(
+                model, train_cfg, peft, dist, rel / "train.jsonl", s_out / "trained", seed, curves
+            )
+            res["trained"] = eval_stage(
+                final, eval_cfg, rel / "test.jsonl", s_out / "trained" / "eval", model
+            )
             if cg.eval_seen and (rel / "seen_test.jsonl").stat().st_size:
-                res["seen"] = eval_stage(final, eval_cfg, rel / "seen_test.jsonl", s_out / "trained" / "eval_seen",
-                                         model)
+                res["seen"] = eval_stage(
+                    final, eval_cfg, rel / "seen_test.jsonl", s_out / "trained" / "eval_seen", model
+                )
             if plan.unrelated_split is not None:
-                final_p = train_stage(model, train_cfg, peft, dist, unrel / "train.jsonl", s_out / "baseline_plus",
-                                      seed)
-                res["baseline_plus"] = eval_stage(final_p, eval_cfg, rel / "test.jsonl",
-                                                  s_out / "baseline_plus" / "eval", model)
+                final_p = train_stage(
+                    model, train_cfg, peft, dist, unrel / "train.jsonl", s_out / "baseline_plus", seed
+                )
+                res["baseline_plus"] = eval_stage(
+                    final_p, eval_cfg, rel / "test.jsonl", s_out / "baseline_plus" / "eval", model
+                )
             entry["seeds"][seed] = res
         per_target.append(entry)
     if dry_run:
@@ -213,7 +267,15 @@ def _tiny_base(cg: CGConfig, run_dir: Path) -> Path:
     t = cg.tiny_base
     out = run_dir / "base"
     if not (out / "config.json").is_file() and _is_main():
-        init_tiny(t.family, out, seed=t.seed, image_size=t.image_size, text_hidden=t.text_hidden,
-                  text_layers=t.text_layers, vision_hidden=t.vision_hidden, vision_layers=t.vision_layers)
+        init_tiny(
+            t.family,
+            out,
+            seed=t.seed,
+            image_size=t.image_size,
+            text_hidden=t.text_hidden,
+            text_layers=t.text_layers,
+            vision_hidden=t.vision_hidden,
+            vision_layers=t.vision_layers,
+        )
     _barrier()
     return out

@@ -57,7 +57,9 @@ def _det_arm(results: list[dict], eval_cfg: Any, predictions: list[Path]) -> dic
     }
 
 
-def _arm(results: list[dict], eval_cfg: Any, predictions: list[Path], metric: str = "accuracy") -> dict[str, Any]:
+def _arm(
+    results: list[dict], eval_cfg: Any, predictions: list[Path], metric: str = "accuracy"
+) -> dict[str, Any]:
     """An arm over seeds: mean accuracy, per-seed values, SD (ddof=1), pooled bootstrap 95% interval
     (of cIoU, with ``metric="ciou"``)."""
     if metric == "ciou":
@@ -90,25 +92,42 @@ def target_row(entry: dict[str, Any], run_dir: Path, eval_cfg: Any) -> dict[str,
         "unrelated": _describe(metas["unrelated"]["train_subsets"]) if "unrelated" in metas else [],
         "train_samples": metas["related"]["sizes"]["train"],
         "baseline": {
-            "accuracy": base["overall"]["accuracy"], "ci95": base["overall"]["ci95"], "n": base["overall"]["n"],
+            "accuracy": base["overall"]["accuracy"],
+            "ci95": base["overall"]["ci95"],
+            "n": base["overall"]["n"],
             "chance": base["overall"]["chance"],
         },
-        "trained": _arm([entry["seeds"][s]["trained"] for s in seeds], eval_cfg,
-                        [out / f"seed-{s}" / "trained" / "eval" / "predictions.jsonl" for s in seeds], metric),
+        "trained": _arm(
+            [entry["seeds"][s]["trained"] for s in seeds],
+            eval_cfg,
+            [out / f"seed-{s}" / "trained" / "eval" / "predictions.jsonl" for s in seeds],
+            metric,
+        ),
         "seeds": seeds,
     }
     if metric == "ciou":
         o = base["overall"]
         row["metric"] = "ciou"
-        row["baseline"] = {"ciou": o["ciou"], "ci95": o["ciou_ci95"], "n": o["n"], "mean_iou": o["mean_iou"],
-                           "acc_iou50": o["acc_iou50"]}
+        row["baseline"] = {
+            "ciou": o["ciou"],
+            "ci95": o["ciou_ci95"],
+            "n": o["n"],
+            "mean_iou": o["mean_iou"],
+            "acc_iou50": o["acc_iou50"],
+        }
     if all("baseline_plus" in entry["seeds"][s] for s in seeds):
-        row["baseline_plus"] = _arm([entry["seeds"][s]["baseline_plus"] for s in seeds], eval_cfg,
-                                    [out / f"seed-{s}" / "baseline_plus" / "eval" / "predictions.jsonl" for s in seeds],
-                                    metric)
+        row["baseline_plus"] = _arm(
+            [entry["seeds"][s]["baseline_plus"] for s in seeds],
+            eval_cfg,
+            [out / f"seed-{s}" / "baseline_plus" / "eval" / "predictions.jsonl" for s in seeds],
+            metric,
+        )
     if all("seen" in entry["seeds"][s] for s in seeds):
-        seen = _arm([entry["seeds"][s]["seen"] for s in seeds], eval_cfg,
-                    [out / f"seed-{s}" / "trained" / "eval_seen" / "predictions.jsonl" for s in seeds])
+        seen = _arm(
+            [entry["seeds"][s]["seen"] for s in seeds],
+            eval_cfg,
+            [out / f"seed-{s}" / "trained" / "eval_seen" / "predictions.jsonl" for s in seeds],
+        )
         row["seen_accuracy"] = seen
         row["seen_per_mat"] = entry["seeds"][seeds[0]]["seen"]["per_mat"]
     rivals = [row["baseline"][metric]] + ([row["baseline_plus"][metric]] if "baseline_plus" in row else [])
@@ -138,8 +157,13 @@ def markdown(rows: list[dict], cg: CGConfig) -> str:
         metric = r.get("metric", "accuracy")
         target = r["target"] + (" (cIoU)" if metric == "ciou" else "")
         cells = [
-            " + ".join(r["related"]), target, _pct(r["baseline"], metric), _pct(r.get("baseline_plus"), metric),
-            _pct(r["trained"], metric), "yes" if r["cg_helps"] else "no", _pct(r.get("seen_accuracy")),
+            " + ".join(r["related"]),
+            target,
+            _pct(r["baseline"], metric),
+            _pct(r.get("baseline_plus"), metric),
+            _pct(r["trained"], metric),
+            "yes" if r["cg_helps"] else "no",
+            _pct(r.get("seen_accuracy")),
         ]
         if has_paper:
             p = r.get("paper") or {}
@@ -255,11 +279,15 @@ def print_plan(per_target: list[dict]) -> None:
         plan, metas = e["plan"], e["metas"]
         rel = metas["related"]
         print(f"target {plan.name}: {_describe(rel['targets'])[0]}")
-        print(f"  Trained on (Related): {', '.join(_describe(rel['train_subsets']))}  ->  {rel['sizes']['train']} "
-              f"samples; target test {rel['sizes']['test']}, seen test {rel['sizes']['seen_test']}; "
-              f"audit {'passed' if rel['audit']['passed'] else 'FAILED'}")
+        print(
+            f"  Trained on (Related): {', '.join(_describe(rel['train_subsets']))}  ->  {rel['sizes']['train']} "
+            f"samples; target test {rel['sizes']['test']}, seen test {rel['sizes']['seen_test']}; "
+            f"audit {'passed' if rel['audit']['passed'] else 'FAILED'}"
+        )
         if "unrelated" in metas:
             un = metas["unrelated"]
-            print(f"  Baseline+ on (Unrelated): {', '.join(_describe(un['train_subsets']))}  ->  "
-                  f"{un['sizes']['train']} samples; audit {'passed' if un['audit']['passed'] else 'FAILED'}")
+            print(
+                f"  Baseline+ on (Unrelated): {', '.join(_describe(un['train_subsets']))}  ->  "
+                f"{un['sizes']['train']} samples; audit {'passed' if un['audit']['passed'] else 'FAILED'}"
+            )
     print("dry run: nothing trained")

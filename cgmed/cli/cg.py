@@ -24,8 +24,19 @@ def job(cfg: Any) -> None:
 
     t = typed_config(cfg, GROUPS)
     out = run_dir()
-    run_protocol(t["cg"], t["data"], t["split"], t["synth"], t["model"], t["train"], t["peft"], t["distributed"],
-                 t["eval"], out, dry_run=bool(cfg.get("dry_run")))
+    run_protocol(
+        t["cg"],
+        t["data"],
+        t["split"],
+        t["synth"],
+        t["model"],
+        t["train"],
+        t["peft"],
+        t["distributed"],
+        t["eval"],
+        out,
+        dry_run=bool(cfg.get("dry_run")),
+    )
 
 
 def main() -> None:

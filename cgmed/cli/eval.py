@@ -20,14 +20,25 @@ def job(cfg: Any) -> None:
     typed = typed_config(cfg, ("data", "model", "eval"))
     model, data = typed["model"], typed["data"]
     if not model.path:
-        raise ConfigError("model.path", "is required", "model.path=RUN/final (or a base model, or an adapter)")
+        raise ConfigError(
+            "model.path", "is required", "model.path=RUN/final (or a base model, or an adapter)"
+        )
     if not data.test_manifest:
         raise ConfigError("data.test_manifest", "is required", "data.test_manifest=SPLIT/test.jsonl")
-    doc = evaluate(model.path, typed["eval"], data.test_manifest, run_dir(), model.family, model.dtype,
-                   {"min_pixels": model.min_pixels, "max_pixels": model.max_pixels})
+    doc = evaluate(
+        model.path,
+        typed["eval"],
+        data.test_manifest,
+        run_dir(),
+        model.family,
+        model.dtype,
+        {"min_pixels": model.min_pixels, "max_pixels": model.max_pixels},
+    )
     o = doc["overall"]
-    print(f"accuracy {o['accuracy']:.4f} (95% CI {o['ci95'][0]:.4f}-{o['ci95'][1]:.4f}) on {o['n']} samples, "
-          f"chance {o['chance']:.3f}; unparsed {doc['unparsed']}")
+    print(
+        f"accuracy {o['accuracy']:.4f} (95% CI {o['ci95'][0]:.4f}-{o['ci95'][1]:.4f}) on {o['n']} samples, "
+        f"chance {o['chance']:.3f}; unparsed {doc['unparsed']}"
+    )
     for k, v in doc["per_mat"].items():
         print(f"  {k:<28} {v['accuracy']:.4f}  n={v['n']}")
     print(f"written to {run_dir()}")

@@ -28,8 +28,15 @@ def _schemas() -> dict[str, type]:
     from cgmed.models.tiny import TinySize
     from cgmed.train.config import GROUPS
 
-    return {"data": DataConfig, "split": SplitConfig, "synth": SynthConfig, "tiny": TinySize, "eval": EvalConfig, "cg": CGConfig,
-            **GROUPS}
+    return {
+        "data": DataConfig,
+        "split": SplitConfig,
+        "synth": SynthConfig,
+        "tiny": TinySize,
+        "eval": EvalConfig,
+        "cg": CGConfig,
+        **GROUPS,
+    }
 
 
 def register_configs() -> None:

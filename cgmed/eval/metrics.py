@@ -110,7 +110,9 @@ def results(predictions: Iterable[Mapping[str, Any]], n_boot: int = 1000, seed: 
         by_mat.setdefault(mat_key(r), []).append(r)
     return {
         "overall": summary(rows, n_boot, seed),
-        "per_subset": {k: {**summary(v, n_boot, seed), "mat": mat_key(v[0])} for k, v in sorted(by_subset.items())},
+        "per_subset": {
+            k: {**summary(v, n_boot, seed), "mat": mat_key(v[0])} for k, v in sorted(by_subset.items())
+        },
         "per_mat": {k: summary(v, n_boot, seed) for k, v in sorted(by_mat.items())},
         "unparsed": sum(1 for r in rows if r.get("pred") is None),
     }

@@ -1,7 +1,7 @@
 """Evaluate a model on a test manifest, sharded over processes; writes predictions and results.
 
-    cgmed-eval model.path=RUN/final data.test_manifest=SPLIT/test.jsonl [eval.method=generation]
-    torchrun --nproc_per_node 8 -m cgmed.eval model.path=... data.test_manifest=...
+cgmed-eval model.path=RUN/final data.test_manifest=SPLIT/test.jsonl [eval.method=generation]
+torchrun --nproc_per_node 8 -m cgmed.eval model.path=... data.test_manifest=...
 """
 
 from __future__ import annotations

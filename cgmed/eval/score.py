@@ -50,8 +50,13 @@ class EvalConfig:
             raise ConfigError("eval.max_new_tokens", "must be >= 1")
 
 
-def load_for_eval(path: str | Path, family: str | None = None, dtype: str = "float32",
-                  base: str | None = None, **processor_kwargs: Any) -> tuple[Any, Any, BackboneAdapter]:
+def load_for_eval(
+    path: str | Path,
+    family: str | None = None,
+    dtype: str = "float32",
+    base: str | None = None,
+    **processor_kwargs: Any,
+) -> tuple[Any, Any, BackboneAdapter]:
     """A model directory (base, fine-tuned or merged) or a LoRA adapter directory -> (model, processor, adapter)."""
     p = Path(str(path)).expanduser()
     if p.is_dir() and (p / "adapter_config.json").is_file():
@@ -59,7 +64,9 @@ def load_for_eval(path: str | Path, family: str | None = None, dtype: str = "flo
 
         base = base or json.loads((p / "adapter_config.json").read_text()).get("base_model_name_or_path")
         if not base:
-            raise ConfigError("eval.base", f"{p} is a LoRA adapter without a recorded base model", "set eval.base=PATH")
+            raise ConfigError(
+                "eval.base", f"{p} is a LoRA adapter without a recorded base model", "set eval.base=PATH"
+            )
         adapter = get_adapter(family or detect_family(base))
         model, processor = adapter.load(base, dtype=dtype, **processor_kwargs)
         model = PeftModel.from_pretrained(model, str(p))
@@ -90,7 +97,9 @@ def _check_detection(r: dict[str, Any], where: str) -> None:
         or box[0] > box[2]
         or box[1] > box[3]
     ):
-        raise DataError(where, f"box {box!r} is not [x1, y1, x2, y2] on the 0-100 grid with x1 <= x2, y1 <= y2")
+        raise DataError(
+            where, f"box {box!r} is not [x1, y1, x2, y2] on the 0-100 grid with x1 <= x2, y1 <= y2"
+        )
     if r.get("options"):
         raise DataError(where, f"a detection record (with a box) has options {r['options']!r}")
     if r.get("answer") != format_box(box):
@@ -117,10 +126,14 @@ def read_manifest(path: str | Path) -> list[dict[str, Any]]:
             continue
         opts = r.get("options") or []
         if not (2 <= len(opts) <= len(LETTERS)) or r.get("answer") not in LETTERS[: len(opts)]:
-            raise DataError(f"{p}:{i}", f"answer {r.get('answer')!r} does not point at one of {len(opts)} options")
+            raise DataError(
+                f"{p}:{i}", f"answer {r.get('answer')!r} does not point at one of {len(opts)} options"
+            )
         if opts[LETTERS.index(r["answer"])] != r.get("label", opts[LETTERS.index(r["answer"])]):
-            raise DataError(f"{p}:{i}", f"answer {r['answer']} is {opts[LETTERS.index(r['answer'])]!r}, "
-                                        f"label is {r['label']!r}")
+            raise DataError(
+                f"{p}:{i}",
+                f"answer {r['answer']} is {opts[LETTERS.index(r['answer'])]!r}, label is {r['label']!r}",
+            )
         rows.append(r)
     if not rows:
         raise DataError(str(p), "the test set is empty", "check the split (split_meta.json)")
@@ -144,7 +157,9 @@ def rotations(record: dict[str, Any], circular: bool) -> list[tuple[str, list[st
 class Scorer:
     """Answers questions with a loaded model: ``option_scoring`` or ``generation``."""
 
-    def __init__(self, model: Any, processor: Any, adapter: BackboneAdapter, method: str, max_new_tokens: int = 16):
+    def __init__(
+        self, model: Any, processor: Any, adapter: BackboneAdapter, method: str, max_new_tokens: int = 16
+    ):
         self.model, self.processor, self.adapter = model, processor, adapter
         self.method = method
         self.max_new_tokens = max_new_tokens
@@ -179,7 +194,7 @@ class Scorer:
         inputs = self._inputs([q for q, _ in items], [img for _, img in items])
         with torch.no_grad():
             gen = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-        return self.tok.batch_decode(gen[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        return self.tok.batch_decode(gen[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 
     def _inputs(self, questions: Sequence[str], images: Sequence[str]) -> dict[str, Any]:
         prompts = [self.adapter.render(self.processor, q) for q in questions]
@@ -189,8 +204,11 @@ class Scorer:
         self.tok.padding_side = "left"  # the prompt ends at the last position of every row
         try:
             enc = self.processor(
-                images=[load_image(p) for p in images], text=prompts, padding=True,
-                add_special_tokens=add, return_tensors="pt",
+                images=[load_image(p) for p in images],
+                text=prompts,
+                padding=True,
+                add_special_tokens=add,
+                return_tensors="pt",
             )
         finally:
             self.tok.padding_side = side
@@ -222,18 +240,27 @@ def detection_row(record: dict[str, Any], text: str | None) -> dict[str, Any]:
     pred_box = parse_box(text)
     value = iou(pred_box, record["box"]) if pred_box is not None else 0.0
     row = {
-        "id": record["id"], "subset": record["subset"], "modality": record["modality"], "area": record["area"],
-        "task": record["task"], "options": [], "answer": record["answer"],
+        "id": record["id"],
+        "subset": record["subset"],
+        "modality": record["modality"],
+        "area": record["area"],
+        "task": record["task"],
+        "options": [],
+        "answer": record["answer"],
         "pred": format_box(pred_box) if pred_box is not None else None,
         "correct": value >= DETECTION_IOU,
-        "box": list(record["box"]), "pred_box": list(pred_box) if pred_box is not None else None, "iou": value,
+        "box": list(record["box"]),
+        "pred_box": list(pred_box) if pred_box is not None else None,
+        "iou": value,
     }
     if text is not None:
         row["text"] = text
     return row
 
 
-def score_records(scorer: Scorer, records: Sequence[dict[str, Any]], batch_size: int, circular: bool) -> list[dict]:
+def score_records(
+    scorer: Scorer, records: Sequence[dict[str, Any]], batch_size: int, circular: bool
+) -> list[dict]:
     """Prediction rows (as written to predictions.jsonl) for ``records``, in order.
 
     Detection records are generated in batches of their own (see the module docstring);
@@ -243,7 +270,9 @@ def score_records(scorer: Scorer, records: Sequence[dict[str, Any]], batch_size:
     det_rows: dict[int, dict] = {}
     for start in range(0, len(det), batch_size):
         chunk = det[start : start + batch_size]
-        texts = scorer.generate([(records[i]["question"], records[i]["image"]) for i in chunk], scorer.box_tokens())
+        texts = scorer.generate(
+            [(records[i]["question"], records[i]["image"]) for i in chunk], scorer.box_tokens()
+        )
         for i, text in zip(chunk, texts, strict=True):
             det_rows[i] = detection_row(records[i], text)
     asks = []  # (record index, question, options, answer)
@@ -267,8 +296,14 @@ def score_records(scorer: Scorer, records: Sequence[dict[str, Any]], batch_size:
         got = per_record[i]
         first_pred, first_text, _ = got[0]
         row = {
-            "id": r["id"], "subset": r["subset"], "modality": r["modality"], "area": r["area"], "task": r["task"],
-            "options": r["options"], "answer": r["answer"], "pred": first_pred,
+            "id": r["id"],
+            "subset": r["subset"],
+            "modality": r["modality"],
+            "area": r["area"],
+            "task": r["task"],
+            "options": r["options"],
+            "answer": r["answer"],
+            "pred": first_pred,
             "correct": all(p == a for p, _, a in got),
         }
         if first_text is not None:

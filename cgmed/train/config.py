@@ -104,7 +104,9 @@ class TrainConfig:
     wandb_mode: Literal["offline", "online", "disabled"] = "offline"
     progress_bar: bool = True
     deterministic: bool = True
-    eval_every: int = 0  # score eval manifests every N steps (needs eval manifests; see cgmed-cg cg.curve_every)
+    eval_every: int = (
+        0  # score eval manifests every N steps (needs eval manifests; see cgmed-cg cg.curve_every)
+    )
 
     def __post_init__(self) -> None:
         positive = ("per_device_batch_size", "grad_accum", "max_length", "keep_last", "log_every")

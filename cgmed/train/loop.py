@@ -262,9 +262,22 @@ def train(
             if progress is not None:
                 progress.update(1)
                 progress.set_postfix(loss=f"{last_loss:.4f}")
-            if eval_manifests and train_cfg.eval_every and (step % train_cfg.eval_every == 0 or step == total):
-                metrics.log(step, evaluate_during_training(accelerator, model, processor, adapter, eval_manifests,
-                                                           output_dir / "curve" / f"step-{step:06d}"))
+            if (
+                eval_manifests
+                and train_cfg.eval_every
+                and (step % train_cfg.eval_every == 0 or step == total)
+            ):
+                metrics.log(
+                    step,
+                    evaluate_during_training(
+                        accelerator,
+                        model,
+                        processor,
+                        adapter,
+                        eval_manifests,
+                        output_dir / "curve" / f"step-{step:06d}",
+                    ),
+                )
             if train_cfg.save_every and step % train_cfg.save_every == 0 and step < total:
                 ckpt.save_checkpoint(
                     accelerator, output_dir, step, state_at(step), train_cfg.keep_last, save_kwargs
@@ -291,8 +304,9 @@ def train(
     return TrainResult(output_dir, final_dir, step, last_loss, stopped)
 
 
-def evaluate_during_training(accelerator: Any, model: Any, processor: Any, adapter: Any,
-                             manifests: dict[str, str], out: Path) -> dict[str, float]:
+def evaluate_during_training(
+    accelerator: Any, model: Any, processor: Any, adapter: Any, manifests: dict[str, str], out: Path
+) -> dict[str, float]:
     """Option-scoring accuracy of the current weights on each manifest (a point of a CG learning curve)."""
     from cgmed.eval.run import evaluate
     from cgmed.eval.score import EvalConfig
@@ -301,7 +315,9 @@ def evaluate_during_training(accelerator: Any, model: Any, processor: Any, adapt
     inner.eval()
     values = {}
     for name, manifest in manifests.items():
-        doc = evaluate("(training)", EvalConfig(bootstrap=0), manifest, out / name, model=(inner, processor, adapter))
+        doc = evaluate(
+            "(training)", EvalConfig(bootstrap=0), manifest, out / name, model=(inner, processor, adapter)
+        )
         values[f"eval/{name}/accuracy"] = doc["overall"]["accuracy"]
     inner.train()
     return values
