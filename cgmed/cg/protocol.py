@@ -261,6 +261,24 @@ def run_protocol(
     return doc
 
 
+def run_groups(groups: dict[str, Any], run_dir: Path, dry_run: bool = False) -> dict[str, Any]:
+    """``run_protocol`` from the typed config groups (``cgmed.cli.hydra_app.typed_config``)."""
+    g = groups
+    return run_protocol(
+        g["cg"],
+        g["data"],
+        g["split"],
+        g["synth"],
+        g["model"],
+        g["train"],
+        g["peft"],
+        g["distributed"],
+        g["eval"],
+        run_dir,
+        dry_run=dry_run,
+    )
+
+
 def _tiny_base(cg: CGConfig, run_dir: Path) -> Path:
     from cgmed.models.tiny import init_tiny
 

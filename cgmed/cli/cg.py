@@ -20,23 +20,9 @@ GROUPS = ("cg", "data", "split", "synth", "model", "train", "peft", "distributed
 
 
 def job(cfg: Any) -> None:
-    from cgmed.cg.protocol import run_protocol
+    from cgmed.cg.protocol import run_groups
 
-    t = typed_config(cfg, GROUPS)
-    out = run_dir()
-    run_protocol(
-        t["cg"],
-        t["data"],
-        t["split"],
-        t["synth"],
-        t["model"],
-        t["train"],
-        t["peft"],
-        t["distributed"],
-        t["eval"],
-        out,
-        dry_run=bool(cfg.get("dry_run")),
-    )
+    run_groups(typed_config(cfg, GROUPS), run_dir(), dry_run=bool(cfg.get("dry_run")))
 
 
 def main() -> None:
