@@ -188,7 +188,7 @@ def test_medmat_layout_adds_detection_subsets_only_when_asked(tmp_path):
     a, b = digests(tmp_path / "plain"), digests(tmp_path / "det")
     assert all(b[k] == v for k, v in a.items())  # the classification subsets are untouched
     added = {k.split("--")[1][:2] for k in set(b) - set(a) if k.startswith("Aggregated_Subsets")}
-    assert added == set(MEDMAT_DETECTION_LABELS) == {"38", "39", "42", "47", "49"}
+    assert added == set(MEDMAT_DETECTION_LABELS) == {"38", "39", "42", "45", "47", "49"}
     assert (
         "medmat_detection"
         not in json.loads((tmp_path / "plain" / "cgmed_catalog.json").read_text())["config"]

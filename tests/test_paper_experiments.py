@@ -35,7 +35,7 @@ VOCAB = Vocabulary()
 # 32 images per subset, a quarter of them test: 24 training images per subset and every label in
 # each test set (4 labels at most). Baseline+ then always finds enough Unrelated data: every target
 # has at least four Unrelated subsets of 24 images, more than its Related pair or triple holds.
-STANDIN = {"images_per_subset": 32, "image_size": 32, "test_fraction": 0.25}
+STANDIN = {"images_per_subset": 32, "image_size": 32, "test_fraction": 0.25, "medmat_detection": True}
 TRAIN_PER_SUBSET = 24
 
 
@@ -190,6 +190,12 @@ def test_paper_experiment_plans_on_the_standin(name, standin, tmp_path, capsys):
             assert sum(rel["counts"]["train"].get(spec.target, {}).values()) == own
         elif name.startswith("table10"):
             check_three_element(target, related)
+        elif name.startswith("table13"):
+            # one detection and one classification subset, each sharing an element with the target
+            assert sorted(r.status == "det" for r in related) == [False, True]
+            assert all(shared_elements(r, target, VOCAB) for r in related)
+            det = next(r for r in related if r.status == "det")
+            assert sum(rel["counts"]["train"][det.id].values()) == TRAIN_PER_SUBSET
         elif name.startswith("scaling"):
             shared = [shared_elements(r, target, VOCAB) for r in related]
             assert all(r.status == "ID" for r in related)

@@ -106,13 +106,14 @@ MEDMAT_TASK_LABELS: dict[str, list[str]] = {
 # The classification subsets of Med-MAT (01-37): the ones the medmat layout writes.
 MEDMAT_LAYOUT_IDS = tuple(sid for sid, info in MEDMAT_SUBSETS.items() if info.status in ("ID", "OOD"))
 # The detection subsets of the paper's classification <-> detection experiments (Table 5 targets
-# 38 and 39; Tables 13/14 sources 38, 42, 47, 49), written by the medmat layout only with
+# 38 and 39; Tables 13/14 sources 38, 42, 45, 47, 49), written by the medmat layout only with
 # synth.medmat_detection: true. One finding each, named after what the source datasets box;
 # none has a designed look, so each draws the first mass look (the yellow disc, as Tumor).
 MEDMAT_DETECTION_LABELS: dict[str, list[str]] = {
     "38": ["Lesion"],
     "39": ["Polyp"],
     "42": ["Cancer cell"],
+    "45": ["Lesion"],
     "47": ["Nodule"],
     "49": ["Spinal anomaly"],
 }
@@ -158,7 +159,7 @@ class SynthConfig:
     # grid: the subsets above; medmat: Med-MAT's classification subsets 01-37 (real ids, triplets,
     # status) with MEDMAT_TASK_LABELS; modalities/areas/tasks/combinations are then ignored.
     layout: str = "grid"
-    # medmat layout only: also write the detection subsets 38/39/42/47/49 (MEDMAT_DETECTION_LABELS).
+    # medmat layout only: also write the detection subsets 38/39/42/45/47/49 (MEDMAT_DETECTION_LABELS).
     # Off by default so that existing medmat worlds (and their cache keys) stay as they were.
     medmat_detection: bool = False
 
@@ -1163,7 +1164,7 @@ def write_release(cfg: SynthConfig, out: str | Path) -> dict[str, Any]:
     its presence marks a complete world). Earlier synthetic output in ``out`` is replaced.
     With ``cfg.layout == "medmat"`` the subsets are Med-MAT's classification subsets 01-37
     (real ids, triplets and ID/OOD status) with ``MEDMAT_TASK_LABELS`` as labels and each
-    subset's first source dataset as ``data-no``, plus detection subsets 38/39/42/47/49 when
+    subset's first source dataset as ``data-no``, plus detection subsets 38/39/42/45/47/49 when
     ``cfg.medmat_detection``. Det subsets get box records (see the module docstring).
     Returns ``{"root", "subsets", "images", "seconds"}``.
     """
