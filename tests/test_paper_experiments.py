@@ -149,6 +149,8 @@ def test_paper_experiment_plans_on_the_standin(name, standin, tmp_path, capsys):
         extra = ["split.cap_per_subset=10"]  # one point of the swept knob
     if name.startswith("fig6"):
         extra.append("split.target_train_samples=4")  # 4 samples of the target's own training portion
+    if name.startswith("table5"):
+        extra = ["split.target_train_samples=4"]
     run = tmp_path / "run"
     t, doc = dry_run(name, standin, run, extra)
     out = capsys.readouterr().out
@@ -171,8 +173,11 @@ def test_paper_experiment_plans_on_the_standin(name, standin, tmp_path, capsys):
         related = [info(x) for x in rel["train_subsets"]]
         assert related and spec.target not in {r.id for r in related}
         assert rel["sizes"]["test"] > 0 and rel["sizes"]["train"] > 0
-        assert spec.paper and "baseline" in spec.paper
-        assert "trained" in spec.paper or name.startswith(("fig5", "fig6"))  # Figure 5 gives no numbers
+        if name.startswith("table5"):  # Table 5 reports cIoU gains only
+            assert set(spec.paper) == {"ciou_gain_nextchat", "ciou_gain_minigpt_v2"}
+        else:
+            assert spec.paper and "baseline" in spec.paper
+            assert "trained" in spec.paper or name.startswith(("fig5", "fig6"))  # Figure 5 gives no numbers
         if cg.baseline_plus:
             un = m["unrelated"]
             assert un["audit"]["passed"] and un["sizes"]["train"] == rel["sizes"]["train"]  # size matched
@@ -190,6 +195,13 @@ def test_paper_experiment_plans_on_the_standin(name, standin, tmp_path, capsys):
             assert sum(rel["counts"]["train"].get(spec.target, {}).values()) == own
         elif name.startswith("table10"):
             check_three_element(target, related)
+        elif name.startswith("table5"):
+            # a detection target; detection data of the other pair, classification data of the target's pair
+            assert target.status == "det" and sorted(r.status == "det" for r in related) == [False, True]
+            cls = next(r for r in related if r.status != "det")
+            assert (cls.modality, cls.area) == (target.modality, target.area)
+            assert rel["sizes"]["train"] == TRAIN_PER_SUBSET * len(related) + 4
+            assert sum(rel["counts"]["train"][spec.target].values()) == 4
         elif name.startswith("table13"):
             # one detection and one classification subset, each sharing an element with the target
             assert sorted(r.status == "det" for r in related) == [False, True]
@@ -250,6 +262,7 @@ TINY_RUN = [
     [
         ("table3_ft", "t3_row24", {"baseline", "baseline_plus", "trained"}),
         ("scaling_03", "s03_wo_task", {"baseline", "trained"}),
+        ("table5_det_targets", "t5_row1", {"baseline", "trained", "metric"}),
     ],
 )
 def test_a_table3_row_and_a_scaling_arm_run_end_to_end_at_tiny_size(standin, tmp_path, name, only, arms):
@@ -266,3 +279,5 @@ def test_a_table3_row_and_a_scaling_arm_run_end_to_end_at_tiny_size(standin, tmp
         for x in (tmp_path / only / "seed-0" / "trained" / "metrics.jsonl").read_text().splitlines()
     ]
     assert steps == [1, 2, 3]
+    if name.startswith("table5"):  # a detection target is reported in cIoU
+        assert row["metric"] == "ciou" and 0.0 <= row["trained"]["ciou"] <= 1.0
