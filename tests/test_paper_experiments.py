@@ -28,7 +28,7 @@ from cgmed.data.vocab import Vocabulary
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = CONF_DIR / "experiment" / "paper"
-CONFIGS = sorted(p.stem for p in PAPER.glob("*.yaml") if not p.name.startswith("_"))
+CONFIGS = sorted(p.stem for p in PAPER.glob("*.yaml") if not p.name.startswith(("_", "pilot")))
 BASES = sorted(p.stem for p in PAPER.glob("_*.yaml"))
 GROUPS = ("cg", "data", "split", "synth", "model", "train", "peft", "distributed", "eval")
 VOCAB = Vocabulary()
@@ -223,8 +223,40 @@ def test_paper_experiment_plans_on_the_standin(name, standin, tmp_path, capsys):
             else:
                 gone = arm.removeprefix("wo_")
                 assert all(s and gone not in s for s in shared)
+        elif name.startswith("table16"):
+            # Table 3 row 27's Related pair; in-context examples set aside from subset 28's training portion
+            check_intent(spec.group, target, related)
+            fs = cg.few_shot
+            assert fs.shots == [2, 3, 4] and fs.repeats == 3
+            assert set(spec.paper_few_shot) == {"baseline", "trained"}
+            assert all(set(v) == {"0", "2", "3", "4"} for v in spec.paper_few_shot.values())
+            labels = rel["counts"]["test"][spec.target]
+            assert rel["counts"]["shots"] == {spec.target: {lab: 4 for lab in labels}}
+            assert rel["audit"]["checks"]["shot_examples"] == 4 * len(labels)
         else:  # pragma: no cover - a new kind of config needs its own check here
             pytest.fail(f"no intent check for {name}")
+
+
+def test_pilot_config_plans_on_the_standin(standin, tmp_path, capsys):
+    run = tmp_path / "run"
+    t, doc = dry_run("pilot_tables1_2", standin, run)
+    out = capsys.readouterr().out
+    ids = [s for s, v in MEDMAT_SUBSETS.items() if v.status == "ID"]
+    ood = [s for s, v in MEDMAT_SUBSETS.items() if v.status == "OOD"]
+    assert doc == {"dry_run": True, "pilot": {"trained": ids, "test_only": ood}}
+    assert t["model"].path and t["train"].max_steps == -1 and not list(run.rglob("final"))
+    assert set(t["cg"].pilot.paper) == set(ids) | set(ood)  # every subset of Tables 1 and 2
+    assert all(set(v) == {"baseline", "single", "multi"} for k, v in t["cg"].pilot.paper.items() if k in ids)
+    assert all(set(v) == {"baseline", "multi"} for k, v in t["cg"].pilot.paper.items() if k in ood)
+    splits = run / "pilot" / "splits"
+    multi = json.loads((splits / "multi" / "split_meta.json").read_text())
+    assert [s["id"] for s in multi["train_subsets"]] == ids and multi["sizes"]["train"] == 25 * TRAIN_PER_SUBSET
+    assert sorted(multi["counts"]["seen_test"]) == ids
+    ood_meta = json.loads((splits / "ood" / "split_meta.json").read_text())
+    assert sorted(ood_meta["counts"]["test"]) == ood and ood_meta["sizes"]["train"] == 0
+    assert json.loads((run / "pilot" / "pilot_audit.json").read_text())["passed"]
+    assert sorted(p.name for p in splits.glob("single-*")) == [f"single-{s}" for s in ids]
+    assert "audit passed" in out and "Single-task models: 25" in out and "FAILED" not in out
 
 
 def test_table3_rows_use_the_printed_names(standin, tmp_path):

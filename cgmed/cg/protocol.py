@@ -64,7 +64,12 @@ def plan_targets(cg: CGConfig, split: SplitConfig, source: Any) -> list[Plan]:
             )
         tid = ids[0]
         related = dataclasses.replace(
-            split, targets=[tid], train=spec.related, without=list(spec.without), match_size_of=None
+            split,
+            targets=[tid],
+            train=spec.related,
+            without=list(spec.without),
+            match_size_of=None,
+            shots_per_label=max(cg.few_shot.shots) if cg.few_shot else split.shots_per_label,
         )
         if not select_train(
             spec.related, spec.without, [tid], subsets, vocab, split.train_status, f"{key}.related"
@@ -78,7 +83,13 @@ def plan_targets(cg: CGConfig, split: SplitConfig, source: Any) -> list[Plan]:
         if cg.baseline_plus:
             match = {"train": spec.related, "without": list(spec.without)}
             unrelated = dataclasses.replace(
-                split, targets=[tid], train="unrelated", without=[], match_size_of=match, seen_test=False
+                split,
+                targets=[tid],
+                train="unrelated",
+                without=[],
+                match_size_of=match,
+                seen_test=False,
+                shots_per_label=0,
             )
         name = target_name(spec, subsets[tid])
         if subsets[tid].task == "Det":
@@ -126,6 +137,16 @@ def build_splits(plan: Plan, data: DataConfig, source: Any, out: Path) -> dict[s
             )
         _barrier()
         metas[kind] = json.loads((d / "split_meta.json").read_text())
+        recorded = metas[kind]["config"].get("split")
+        if recorded != as_dict(cfg):
+            # every later stage (models, evaluations) of this target was made from that split
+            changed = sorted(k for k in as_dict(cfg) if (recorded or {}).get(k) != as_dict(cfg)[k])
+            raise ConfigError(
+                "split",
+                f"{d} was built with other split settings (differing: {changed}); its trained models and "
+                "evaluations belong to those",
+                "run in a new directory (hydra.run.dir=...), or delete that target's folder to redo it",
+            )
     return metas
 
 
@@ -184,6 +205,27 @@ def eval_stage(
     return doc
 
 
+def few_shot_stages(
+    model_path: Path | str, eval_cfg: EvalConfig, split_dir: Path, out: Path, model: ModelConfig, cg: CGConfig
+) -> dict[str, list[dict]]:
+    """The target test set with N in-context examples per label, ``repeats`` draws per N."""
+    fs = cg.few_shot
+    assert fs is not None
+    done: dict[str, list[dict]] = {}
+    for n in fs.shots:
+        done[str(n)] = [
+            eval_stage(
+                model_path,
+                dataclasses.replace(eval_cfg, shots=n, shot_pool=str(split_dir / "shots.jsonl"), shot_seed=r),
+                split_dir / "test.jsonl",
+                out / f"eval_{n}shot" / f"repeat-{r}",
+                model,
+            )
+            for r in range(fs.repeats)
+        ]
+    return done
+
+
 def run_protocol(
     cg: CGConfig,
     data: DataConfig,
@@ -226,6 +268,10 @@ def run_protocol(
         entry["baseline"] = eval_stage(
             model.path, eval_cfg, rel / "test.jsonl", out / "baseline" / "eval", model
         )
+        if cg.few_shot:
+            entry["baseline_few_shot"] = few_shot_stages(
+                model.path, eval_cfg, rel, out / "baseline", model, cg
+            )
         for seed in cg.seeds:
             s_out = out / f"seed-{seed}"
             curves = None
@@ -239,6 +285,8 @@ def run_protocol(
             res["trained"] = eval_stage(
                 final, eval_cfg, rel / "test.jsonl", s_out / "trained" / "eval", model
             )
+            if cg.few_shot:
+                res["trained_few_shot"] = few_shot_stages(final, eval_cfg, rel, s_out / "trained", model, cg)
             if cg.eval_seen and (rel / "seen_test.jsonl").stat().st_size:
                 res["seen"] = eval_stage(
                     final, eval_cfg, rel / "seen_test.jsonl", s_out / "trained" / "eval_seen", model
@@ -264,6 +312,22 @@ def run_protocol(
 def run_groups(groups: dict[str, Any], run_dir: Path, dry_run: bool = False) -> dict[str, Any]:
     """``run_protocol`` from the typed config groups (``cgmed.cli.hydra_app.typed_config``)."""
     g = groups
+    if g["cg"].pilot is not None:
+        from cgmed.cg.pilot import run_pilot
+
+        return run_pilot(
+            g["cg"],
+            g["data"],
+            g["split"],
+            g["synth"],
+            g["model"],
+            g["train"],
+            g["peft"],
+            g["distributed"],
+            g["eval"],
+            run_dir,
+            dry_run=dry_run,
+        )
     return run_protocol(
         g["cg"],
         g["data"],

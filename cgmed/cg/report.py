@@ -137,7 +137,60 @@ def target_row(entry: dict[str, Any], run_dir: Path, eval_cfg: Any) -> dict[str,
     row["cg_helps_beyond_ci"] = bool(row["trained"]["ci95"][0] > max(rivals))
     if plan.spec.paper:
         row["paper"] = dict(plan.spec.paper)
+    if "baseline_few_shot" in entry:
+        row["few_shot"] = few_shot_block(entry, seeds, plan.spec.paper_few_shot)
     return row
+
+
+def _spread(values: list[float]) -> dict[str, Any]:
+    # population SD (ddof=0), as the paper's Table 16 appears to report it (medmat.md section 5)
+    return {"mean": float(np.mean(values)), "sd": float(np.std(values)), "values": values}
+
+
+def few_shot_block(entry: dict[str, Any], seeds: list[int], paper: dict | None) -> dict[str, Any]:
+    """Accuracy per shot count for Baseline and Trained: 0-shot, then mean and SD over the draws
+    (over seeds x draws for Trained)."""
+    base_fs = entry["baseline_few_shot"]
+    block: dict[str, Any] = {"shots": [0, *(int(n) for n in base_fs)]}
+    block["baseline"] = {"0": _spread([entry["baseline"]["overall"]["accuracy"]])}
+    block["baseline"].update(
+        {n: _spread([r["overall"]["accuracy"] for r in runs]) for n, runs in base_fs.items()}
+    )
+    block["trained"] = {"0": _spread([entry["seeds"][s]["trained"]["overall"]["accuracy"] for s in seeds])}
+    for n in base_fs:
+        block["trained"][n] = _spread(
+            [r["overall"]["accuracy"] for s in seeds for r in entry["seeds"][s]["trained_few_shot"][n]]
+        )
+    if paper:
+        block["paper"] = {arm: {str(k): v for k, v in vals.items()} for arm, vals in paper.items()}
+    return block
+
+
+def few_shot_markdown(rows: list[dict]) -> list[str]:
+    """Table 16's shape per target: rows Baseline / Trained (and the paper's), columns n-shot."""
+    lines: list[str] = []
+    for r in rows:
+        fs = r.get("few_shot")
+        if not fs:
+            continue
+        shots = [str(n) for n in fs["shots"]]
+        lines += [
+            "",
+            f"Few-shot prompting on {r['target']} (accuracy %, mean ± SD over draws of the examples):",
+            "",
+            "| Model | " + " | ".join(f"{n}-shot" for n in shots) + " |",
+            "|" + "---|" * (len(shots) + 1),
+        ]
+        for arm, label in (("baseline", "Baseline (untrained)"), ("trained", "Trained (CG)")):
+            cells = []
+            for n in shots:
+                v = fs[arm][n]
+                sd = f" ± {100 * v['sd']:.2f}" if len(v["values"]) > 1 else ""
+                cells.append(f"{100 * v['mean']:.2f}{sd}")
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        for arm, vals in (fs.get("paper") or {}).items():
+            lines.append(f"| paper: {arm} | " + " | ".join(str(vals.get(n, "-")) for n in shots) + " |")
+    return lines
 
 
 def _pct(x: dict | None, metric: str = "accuracy") -> str:
@@ -186,7 +239,7 @@ def markdown(rows: list[dict], cg: CGConfig) -> str:
         )
     if cg.note:
         notes.append(cg.note)
-    return "\n".join(lines + notes) + "\n"
+    return "\n".join(lines + notes + few_shot_markdown(rows)) + "\n"
 
 
 def plots(rows: list[dict], out: Path) -> list[str]:

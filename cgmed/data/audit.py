@@ -55,12 +55,15 @@ def audit_split(
     check_images: bool = True,
     max_listed: int = 20,
     allowed_target_train: frozenset[str] = frozenset(),
+    shots: Sequence[Sample] = (),
 ) -> AuditReport:
     """Check a built split; returns the report or raises LeakageError listing offenders.
 
     ``allowed_target_train`` names training samples deliberately drawn from a target's own
     training portion (``split.target_train_samples``); they pass the id and triplet checks, never
     the image check: a target test image reaching training is leakage whatever the route.
+    ``shots`` (in-context examples, never trained on) must come from a target's training portion
+    and must not show a target test image: a question answered next to its own image is leakage too.
     """
     targets = list(targets)
     target_ids = {t.id: t for t in targets}
@@ -77,7 +80,13 @@ def audit_split(
                 f"{s.id}: MAT triplet {s.modality} {s.area} {s.task} of subset {s.subset} is the triplet of "
                 f"target {t.id}"
             )
+    test_ids = {s.id for s in target_test}
+    for s in shots:
+        if s.subset not in target_ids or s.id in test_ids:
+            violations.append(f"{s.id}: in-context example not from a target's training portion")
     checks = {"train_samples": len(train), "target_test_samples": len(target_test), "image_hashes": 0}
+    if shots:
+        checks["shot_examples"] = len(shots)
     seen_overlap = 0
     if check_images:
         cache: dict[str, str] = {}
@@ -89,6 +98,13 @@ def audit_split(
             if hit is not None:
                 violations.append(
                     f"{s.id}: image {s.image} has the same bytes as target test sample {hit.id} ({hit.image})"
+                )
+        for s in shots:
+            hit = held.get(image_digest(s.image, cache))
+            if hit is not None:
+                violations.append(
+                    f"{s.id}: in-context example image {s.image} has the same bytes as target test sample "
+                    f"{hit.id} ({hit.image})"
                 )
         train_digests = {image_digest(s.image, cache) for s in train}
         seen_overlap = sum(image_digest(s.image, cache) in train_digests for s in seen_test)

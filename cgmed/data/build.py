@@ -1,8 +1,8 @@
 """Build one experiment's train and test sets: select, sample, write questions, audit, write.
 
 ``build_split`` is the library entry point behind ``cgmed-data build``. Same source, config
-and seed give byte-identical ``train.jsonl`` / ``test.jsonl`` / ``seen_test.jsonl`` and
-``split_meta.json``: every random draw uses an RNG keyed by (seed, subset, label, purpose).
+and seed give byte-identical ``train.jsonl`` / ``test.jsonl`` / ``seen_test.jsonl`` (and
+``shots.jsonl``, the in-context examples of ``split.shots_per_label``) and ``split_meta.json``: every random draw uses an RNG keyed by (seed, subset, label, purpose).
 
 Detection samples (a ``box``, no options) keep their instruction and box answer: no
 multiple-choice question is built for them, and their label (the finding) balances sampling
@@ -34,7 +34,8 @@ from cgmed.errors import ConfigError, DataError
 from cgmed.eval.parse import format_box
 
 log = logging.getLogger(__name__)
-MANIFESTS = ("train", "test", "seen_test")
+MANIFESTS = ("train", "test", "seen_test", "shots")
+OPTIONAL_MANIFESTS = ("shots",)  # written only when asked for (split.shots_per_label)
 
 
 @dataclass
@@ -47,6 +48,7 @@ class BuiltSplit:
     audit: AuditReport
     bad: BadSamples
     notes: list[str] = field(default_factory=list)
+    shots: list[Sample] = field(default_factory=list)
 
 
 def _take(source: Source, idx: SubsetIndex, candidates: list[int], k: int, bad: BadSamples) -> list[Sample]:
@@ -78,6 +80,14 @@ def sample_train(source: Source, idx: SubsetIndex, quota: int, seed: int, bad: B
     for label, positions in groups.items():
         out += _take(source, idx, positions, per_label[label], bad)
     return out
+
+
+def sample_shots(
+    source: Source, idx: SubsetIndex, per_label: int, seed: int, bad: BadSamples
+) -> list[Sample]:
+    """Up to ``per_label`` samples of each label of a subset's training portion (in-context examples)."""
+    groups = _by_label(idx, "train", seed, "shots")
+    return [s for positions in groups.values() for s in _take(source, idx, positions, per_label, bad)]
 
 
 def sample_balanced_test(
@@ -207,6 +217,11 @@ def build_split(source: Source, data_cfg: DataConfig, cfg: SplitConfig) -> Built
                 "add a Subset--NN-test.json, or pick another target",
             )
         test += got
+    shots: list[Sample] = []
+    for sid in targets if cfg.shots_per_label else ():
+        shots += sample_shots(source, indexes[sid], cfg.shots_per_label, cfg.seed, bad)
+    if cfg.shots_per_label:
+        notes.append(f"{len(shots)} in-context examples of the targets' training portion in shots.jsonl")
     seen: list[Sample] = []
     if cfg.seen_test:
         for sid in train_ids:
@@ -214,7 +229,7 @@ def build_split(source: Source, data_cfg: DataConfig, cfg: SplitConfig) -> Built
                 seen += sample_balanced_test(source, indexes[sid], cfg.test_per_label, cfg.seed, bad)
     bad.raise_if_any(data_cfg.on_bad_sample)
 
-    for samples in (train, test, seen):
+    for samples in (train, test, seen, shots):
         for s in samples:
             write_question(s, indexes[s.subset].labels, cfg)
     report = audit_split(
@@ -224,8 +239,11 @@ def build_split(source: Source, data_cfg: DataConfig, cfg: SplitConfig) -> Built
         seen,
         check_images=cfg.audit_images,
         allowed_target_train=allowed,
+        shots=shots,
     )
-    return BuiltSplit(_sort(train), _sort(test), _sort(seen), targets, train_ids, report, bad, notes)
+    return BuiltSplit(
+        _sort(train), _sort(test), _sort(seen), targets, train_ids, report, bad, notes, _sort(shots)
+    )
 
 
 def _counts(samples: list[Sample]) -> dict[str, dict[str, int]]:
@@ -250,7 +268,8 @@ def write_split(
     out.mkdir(parents=True, exist_ok=True)
     digests = {}
     content = hashlib.sha256()
-    for name in MANIFESTS:
+    names = [n for n in MANIFESTS if n not in OPTIONAL_MANIFESTS or getattr(built, n)]
+    for name in names:
         samples = getattr(built, name)
         blob = "".join(json.dumps(s.to_json(), ensure_ascii=False) + "\n" for s in samples).encode("utf-8")
         _atomic_write(out / f"{name}.jsonl", blob)
@@ -263,8 +282,8 @@ def write_split(
         "data_root": str(source.root),
         "targets": [subsets[t].to_json() for t in built.targets],
         "train_subsets": [subsets[t].to_json() for t in built.train_subsets],
-        "sizes": {name: len(getattr(built, name)) for name in MANIFESTS},
-        "counts": {name: _counts(getattr(built, name)) for name in MANIFESTS},
+        "sizes": {name: len(getattr(built, name)) for name in names},
+        "counts": {name: _counts(getattr(built, name)) for name in names},
         "notes": built.notes,
         "audit": built.audit.to_json(),
         "bad_samples": built.bad.summary(),

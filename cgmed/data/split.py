@@ -55,6 +55,9 @@ class SplitConfig:
     # add N samples of each target's own training portion to the training set (label-balanced): the
     # paper's limited-target-data study (Figure 6) and the detection experiments (Table 5)
     target_train_samples: int = 0
+    # write shots.jsonl: up to N samples per label of each target's training portion, never trained
+    # on, as in-context examples for few-shot evaluation (eval.shots; the paper's Table 16)
+    shots_per_label: int = 0
     seen_test: bool = True  # also write seen_test.jsonl: test sets of the trained-on subsets
     seed: int = 42
     options: OptionsConfig = field(default_factory=OptionsConfig)
@@ -78,6 +81,8 @@ class SplitConfig:
             check_selector([t], f"split.targets[{i}]")
         if self.target_train_samples < 0:
             raise ConfigError("split.target_train_samples", "must be >= 0")
+        if self.shots_per_label < 0:
+            raise ConfigError("split.shots_per_label", "must be >= 0")
         if self.cap_per_subset < 1:
             raise ConfigError("split.cap_per_subset", "must be >= 1")
         for key in ("max_train_samples", "test_per_label"):

@@ -15,6 +15,7 @@ from cgmed.eval.score import (
     DETECTION_IOU,
     EvalConfig,
     Scorer,
+    ShotPool,
     is_detection,
     load_for_eval,
     read_manifest,
@@ -50,6 +51,9 @@ def evaluate(
     from accelerate.utils import gather_object
 
     records = read_manifest(test_manifest)  # bad manifests fail before the model loads
+    pool = ShotPool(eval_cfg.shot_pool, eval_cfg.shots) if eval_cfg.shots else None
+    if pool:
+        pool.check(records)
     state = PartialState(cpu=not torch.cuda.is_available())
     if model is None:
         loaded = load_for_eval(model_path, family, dtype, eval_cfg.base, **(processor_kwargs or {}))
@@ -58,7 +62,7 @@ def evaluate(
         loaded = model
     scorer = Scorer(*loaded, method=eval_cfg.method, max_new_tokens=eval_cfg.max_new_tokens)
     mine = [records[i] for i in _shard(len(records), state.num_processes, state.process_index)]
-    rows = score_records(scorer, mine, eval_cfg.batch_size, eval_cfg.circular)
+    rows = score_records(scorer, mine, eval_cfg.batch_size, eval_cfg.circular, pool, eval_cfg.shot_seed)
     if state.num_processes > 1:
         rows = gather_object(rows)  # rank order = manifest order
     doc = results(rows, eval_cfg.bootstrap, eval_cfg.seed)
@@ -70,6 +74,8 @@ def evaluate(
             "correct_at_iou": DETECTION_IOU,
             "metric": "ciou (sum of intersections / sum of unions)",
         }
+    if pool:
+        doc["shots"] = {"per_label": pool.per_label, "pool": pool.path, "seed": eval_cfg.shot_seed}
     doc["model"] = str(model_path)
     doc["test_manifest"] = str(test_manifest)
     if state.is_main_process:

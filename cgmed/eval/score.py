@@ -11,6 +11,13 @@ Detection records (a ``box``, no options) are always answered by generation, wha
 (:meth:`Scorer.box_tokens`); the text is read with :func:`cgmed.eval.parse.parse_box` and the
 row gets ``pred_box``, ``box``, ``iou`` and ``correct`` = IoU >= 0.5 (``DETECTION_IOU``).
 Manifests may mix both kinds.
+
+Few-shot prompting (``eval.shots=N``; the paper's Table 16) puts N examples per label of the
+question's subset before it, as earlier chat turns each with its image and its answer letter.
+Examples come from ``eval.shot_pool`` (a split's ``shots.jsonl``: the target's training
+portion, audited against its test images) and are drawn per question with an RNG keyed by
+(``eval.shot_seed``, question id), so a draw does not depend on batching or sharding and
+``shot_seed`` = 0, 1, 2 gives the paper's three repeats.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cgmed.data.choices import LETTERS, format_question, parse_question_choice
+from cgmed.data.record import rng_for
 from cgmed.errors import ConfigError, DataError
 from cgmed.eval.parse import format_box, iou, parse_box
 from cgmed.models.collate import Collator, load_image
@@ -42,8 +50,19 @@ class EvalConfig:
     bootstrap: int = 1000  # resamples for the 95% interval
     seed: int = 0
     base: str | None = None  # base model of a LoRA adapter (default: the one the adapter records)
+    shots: int = 0  # in-context examples per label before each question (few-shot prompting)
+    shot_pool: str | None = None  # the manifest they come from (a split's shots.jsonl)
+    shot_seed: int = 0  # which draw of examples (one repeat of a few-shot evaluation)
 
     def __post_init__(self) -> None:
+        if self.shots < 0:
+            raise ConfigError("eval.shots", f"must be >= 0, got {self.shots}")
+        if self.shots and not self.shot_pool:
+            raise ConfigError(
+                "eval.shot_pool",
+                f"eval.shots={self.shots} needs a pool of in-context examples",
+                "set eval.shot_pool=SPLIT/shots.jsonl (build the split with split.shots_per_label >= eval.shots)",
+            )
         if self.batch_size < 1:
             raise ConfigError("eval.batch_size", "must be >= 1")
         if self.max_new_tokens < 1:
@@ -154,6 +173,63 @@ def rotations(record: dict[str, Any], circular: bool) -> list[tuple[str, list[st
     return out
 
 
+Shot = tuple[str, str, str]  # an in-context example: (question, answer, image)
+
+
+class ShotPool:
+    """In-context examples by subset and label; :meth:`draw` picks ``per_label`` of each label."""
+
+    def __init__(self, path: str | Path, per_label: int):
+        self.path, self.per_label = str(path), per_label
+        self.by_subset: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        for r in read_manifest(path):
+            if is_detection(r):
+                raise DataError(
+                    self.path, f"record {r['id']} is a detection record; shots are multiple-choice"
+                )
+            label = r.get("label") or r["options"][LETTERS.index(r["answer"])]
+            self.by_subset.setdefault(r["subset"], {}).setdefault(label, []).append(r)
+
+    def check(self, records: Sequence[dict[str, Any]]) -> None:
+        """Fail before the model loads if some question cannot get its examples."""
+        fix = f"rebuild the split with split.shots_per_label >= {self.per_label}, or lower eval.shots"
+        for r in records:
+            if is_detection(r):
+                raise DataError(
+                    f"record {r['id']}", "few-shot prompting (eval.shots) covers multiple-choice records only"
+                )
+        for subset in sorted({r["subset"] for r in records}):
+            labels = self.by_subset.get(subset)
+            if not labels:
+                raise DataError(self.path, f"holds no example of subset {subset}", fix)
+            short = {lab: len(v) for lab, v in labels.items() if len(v) < self.per_label}
+            if short:
+                raise DataError(
+                    self.path,
+                    f"subset {subset} needs {self.per_label} examples per label, but has {short}",
+                    fix,
+                )
+
+    def draw(self, record: dict[str, Any], seed: int) -> list[Shot]:
+        """``per_label`` examples of every label of the record's subset, in a random order."""
+        rng = rng_for(seed, "shots", record["id"])
+        picked: list[dict[str, Any]] = []
+        for label, rows in sorted(self.by_subset[record["subset"]].items()):
+            # a question must never see its own image as an example (the split's audit already
+            # keeps test images out of shots.jsonl; a hand-made pool may not)
+            candidates = [r for r in rows if r["image"] != record["image"]]
+            if len(candidates) < self.per_label:
+                raise DataError(
+                    self.path,
+                    f"label {label!r} of subset {record['subset']} has {len(candidates)} examples other than "
+                    f"question {record['id']}'s own image; {self.per_label} needed",
+                    "use a pool drawn from the training portion (split.shots_per_label)",
+                )
+            picked += rng.sample(candidates, self.per_label)
+        rng.shuffle(picked)  # labels interleaved, so the last example does not hint at the answer
+        return [(r["question"], r["answer"], r["image"]) for r in picked]
+
+
 class Scorer:
     """Answers questions with a loaded model: ``option_scoring`` or ``generation``."""
 
@@ -187,24 +263,43 @@ class Scorer:
             self._box_tokens = max(self.max_new_tokens, MIN_BOX_TOKENS, longest + 8)
         return self._box_tokens
 
-    def generate(self, items: Sequence[tuple[str, str]], max_new_tokens: int) -> list[str]:
-        """Greedy answers (text) to (question, image) pairs."""
+    def generate(
+        self,
+        items: Sequence[tuple[str, str]],
+        max_new_tokens: int,
+        shots: Sequence[Sequence[Shot]] | None = None,
+    ) -> list[str]:
+        """Greedy answers (text) to (question, image) pairs, after each item's ``shots``."""
         import torch
 
-        inputs = self._inputs([q for q, _ in items], [img for _, img in items])
+        inputs = self._inputs([q for q, _ in items], [img for _, img in items], shots)
         with torch.no_grad():
             gen = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
         return self.tok.batch_decode(gen[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 
-    def _inputs(self, questions: Sequence[str], images: Sequence[str]) -> dict[str, Any]:
-        prompts = [self.adapter.render(self.processor, q) for q in questions]
+    def _inputs(
+        self,
+        questions: Sequence[str],
+        images: Sequence[str],
+        shots: Sequence[Sequence[Shot]] | None = None,
+    ) -> dict[str, Any]:
+        shots = shots or [()] * len(questions)
+        prompts = [
+            self.adapter.render(self.processor, q, shots=[(sq, sa) for sq, sa, _ in ex])
+            for q, ex in zip(questions, shots, strict=True)
+        ]
+        # one list of images per prompt, in placeholder order: the examples' then the question's
+        per_prompt = [
+            [load_image(p) for _, _, p in ex] + [load_image(img)]
+            for img, ex in zip(images, shots, strict=True)
+        ]
         bos = self.tok.bos_token
         add = not (bos is not None and prompts[0].startswith(bos))
         side = self.tok.padding_side
         self.tok.padding_side = "left"  # the prompt ends at the last position of every row
         try:
             enc = self.processor(
-                images=[load_image(p) for p in images],
+                images=per_prompt,
                 text=prompts,
                 padding=True,
                 add_special_tokens=add,
@@ -215,16 +310,20 @@ class Scorer:
         device = next(self.model.parameters()).device
         return {k: v.to(device) for k, v in enc.items() if hasattr(v, "to")}
 
-    def answer(self, items: Sequence[tuple[str, list[str], str]]) -> list[tuple[str | None, str | None]]:
-        """(predicted letter, raw text or None) for each (question, options, image)."""
+    def answer(
+        self,
+        items: Sequence[tuple[str, list[str], str]],
+        shots: Sequence[Sequence[Shot]] | None = None,
+    ) -> list[tuple[str | None, str | None]]:
+        """(predicted letter, raw text or None) for each (question, options, image), after its ``shots``."""
         import torch
 
         if self.method != "option_scoring":
             from cgmed.eval.parse import parse_choice
 
-            texts = self.generate([(q, img) for q, _, img in items], self.max_new_tokens)
+            texts = self.generate([(q, img) for q, _, img in items], self.max_new_tokens, shots)
             return [(parse_choice(t, opts), t) for t, (_, opts, _) in zip(texts, items, strict=True)]
-        inputs = self._inputs([q for q, _, _ in items], [img for _, _, img in items])
+        inputs = self._inputs([q for q, _, _ in items], [img for _, _, img in items], shots)
         with torch.no_grad():
             logits = self.model(**inputs, use_cache=False).logits[:, -1].float()
         logp = torch.log_softmax(logits, dim=-1)
@@ -259,12 +358,19 @@ def detection_row(record: dict[str, Any], text: str | None) -> dict[str, Any]:
 
 
 def score_records(
-    scorer: Scorer, records: Sequence[dict[str, Any]], batch_size: int, circular: bool
+    scorer: Scorer,
+    records: Sequence[dict[str, Any]],
+    batch_size: int,
+    circular: bool,
+    shot_pool: ShotPool | None = None,
+    shot_seed: int = 0,
 ) -> list[dict]:
     """Prediction rows (as written to predictions.jsonl) for ``records``, in order.
 
     Detection records are generated in batches of their own (see the module docstring);
     classification rows are exactly what they would be in a manifest without detection records.
+    With a ``shot_pool`` every question (each rotation alike) follows its drawn examples,
+    whose ids the row lists under ``shots``.
     """
     det = [i for i, r in enumerate(records) if is_detection(r)]
     det_rows: dict[int, dict] = {}
@@ -275,6 +381,9 @@ def score_records(
         )
         for i, text in zip(chunk, texts, strict=True):
             det_rows[i] = detection_row(records[i], text)
+    drawn = {
+        i: shot_pool.draw(r, shot_seed) for i, r in enumerate(records) if shot_pool and i not in det_rows
+    }
     asks = []  # (record index, question, options, answer)
     for i, r in enumerate(records):
         if i in det_rows:
@@ -284,7 +393,8 @@ def score_records(
     answers: list[tuple[str | None, str | None]] = []
     for start in range(0, len(asks), batch_size):
         chunk = asks[start : start + batch_size]
-        answers += scorer.answer([(q, opts, records[i]["image"]) for i, q, opts, _ in chunk])
+        shots = [drawn[i] for i, *_ in chunk] if shot_pool else None
+        answers += scorer.answer([(q, opts, records[i]["image"]) for i, q, opts, _ in chunk], shots)
     per_record: dict[int, list] = {}
     for (i, _, _, ans), (pred, text) in zip(asks, answers, strict=True):
         per_record.setdefault(i, []).append((pred, text, ans))
@@ -310,5 +420,7 @@ def score_records(
             row["text"] = first_text
         if circular:
             row["circular_preds"] = [p for p, _, _ in got]
+        if shot_pool:
+            row["shots"] = [img for _, _, img in drawn[i]]
         rows.append(row)
     return rows

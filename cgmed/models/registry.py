@@ -20,6 +20,7 @@ One frozen :class:`BackboneAdapter` per family holds
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -97,25 +98,43 @@ class BackboneAdapter:
     # ------------------------------------------------------------------ chat formatting
 
     @staticmethod
-    def messages(question: str, answer: str | None = None) -> list[dict[str, Any]]:
-        """The conversation: a user turn with one image then the question; the answer if given."""
-        conv: list[dict[str, Any]] = [
-            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}
-        ]
+    def messages(
+        question: str, answer: str | None = None, shots: Sequence[tuple[str, str]] = ()
+    ) -> list[dict[str, Any]]:
+        """The conversation: a user turn with one image then the question; the answer if given.
+
+        ``shots`` are in-context examples (question, answer) put before it as earlier turns,
+        each with its own image (few-shot prompting; the images go to the processor in order).
+        """
+        conv: list[dict[str, Any]] = []
+        for q, a in shots:
+            conv.append({"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]})
+            conv.append({"role": "assistant", "content": [{"type": "text", "text": a}]})
+        conv.append({"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]})
         if answer is not None:
             conv.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
         return conv
 
-    def render(self, processor: Any, question: str, answer: str | None = None) -> str:
-        """Chat-template text (one image placeholder, not yet expanded).
+    def render(
+        self,
+        processor: Any,
+        question: str,
+        answer: str | None = None,
+        shots: Sequence[tuple[str, str]] = (),
+    ) -> str:
+        """Chat-template text (image placeholders not yet expanded: one per shot, then the question's).
 
         Without ``answer``: the prompt ending with the generation prompt (what the model
         sees at inference). With ``answer``: the whole conversation, the answer closed by
         ``eot_token``.
         """
         if answer is None:
-            return processor.apply_chat_template(self.messages(question), add_generation_prompt=True)
-        text = processor.apply_chat_template(self.messages(question, answer), add_generation_prompt=False)
+            return processor.apply_chat_template(
+                self.messages(question, shots=shots), add_generation_prompt=True
+            )
+        text = processor.apply_chat_template(
+            self.messages(question, answer, shots), add_generation_prompt=False
+        )
         if self.append_eot and not text.rstrip().endswith(self.eot_token):
             text = text.rstrip() + self.eot_token
         return text

@@ -1,0 +1,259 @@
+"""Few-shot prompting (the paper's Table 16): the shot pool a split sets aside, its audit, the
+draws, the prompts each family sees, batching/sharding invariance, and the CG protocol's
+few-shot table."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from collections import Counter
+
+import pytest
+
+from cgmed.cg.config import CGConfig, CGTarget, FewShot, TinyBase
+from cgmed.cg.protocol import run_protocol
+from cgmed.data.build import build_split, resolve_root, write_split
+from cgmed.data.source import DataConfig, open_source
+from cgmed.data.split import OptionsConfig, SplitConfig
+from cgmed.data.synth import SynthConfig
+from cgmed.errors import ConfigError, DataError, LeakageError
+from cgmed.eval.run import evaluate
+from cgmed.eval.score import EvalConfig, ShotPool, read_manifest
+from cgmed.models.registry import get_adapter
+from cgmed.train.config import DistributedConfig, ModelConfig, PeftConfig, TrainConfig
+
+TARGET = {"modality": "CT", "area": "Lung", "task": "Cancer"}
+RELATED = [
+    {"modality": "CT", "area": "Brain", "task": "Cancer"},
+    {"modality": "MRI", "area": "Lung", "task": "Cancer"},
+]
+
+
+def world() -> SynthConfig:
+    return SynthConfig(
+        modalities=["CT", "MRI"],
+        areas=["Lung", "Brain"],
+        images_per_subset=40,
+        image_size=56,
+        test_fraction=0.2,
+    )
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    data = DataConfig(cache_dir=str(tmp_path_factory.mktemp("cache")))
+    return data, open_source(data, resolve_root(data, world()))
+
+
+def split_cfg(**kw) -> SplitConfig:
+    return SplitConfig(
+        targets=[TARGET],
+        train=RELATED,
+        cap_per_subset=20,
+        options=OptionsConfig(mode="rebuild", order="sorted"),
+        **kw,
+    )
+
+
+def test_split_sets_aside_shots_from_the_target_training_portion(source, tmp_path):
+    data, src = source
+    built = build_split(src, data, split_cfg(shots_per_label=3))
+    (tid,) = built.targets
+    labels = Counter(s.label for s in built.shots)
+    assert set(labels) == {s.label for s in built.test} and set(labels.values()) == {3}
+    assert {s.subset for s in built.shots} == {tid}
+    test_images = {s.image for s in built.test}
+    assert not test_images & {s.image for s in built.shots}
+    assert not {s.id for s in built.train} & {s.id for s in built.shots}  # never trained on
+    assert all(s.options and s.answer for s in built.shots)  # written as questions like the test set
+    assert built.audit.checks["shot_examples"] == 6
+    meta = write_split(built, tmp_path / "a", {"split": {}}, src)
+    assert meta["sizes"]["shots"] == 6 and (tmp_path / "a" / "shots.jsonl").is_file()
+    again = write_split(
+        build_split(src, data, split_cfg(shots_per_label=3)), tmp_path / "b", {"split": {}}, src
+    )
+    assert again["content_hash"] == meta["content_hash"]
+    assert (tmp_path / "a" / "shots.jsonl").read_bytes() == (tmp_path / "b" / "shots.jsonl").read_bytes()
+    # without the option there is no shots.jsonl and the other manifests are unchanged
+    plain = build_split(src, data, split_cfg())
+    assert plain.shots == [] and [s.id for s in plain.train] == [s.id for s in built.train]
+    meta0 = write_split(plain, tmp_path / "c", {"split": {}}, src)
+    assert "shots" not in meta0["sizes"] and not (tmp_path / "c" / "shots.jsonl").exists()
+
+
+def test_audit_stops_a_shot_showing_a_test_image(source):
+    from cgmed.data.audit import audit_split
+
+    data, src = source
+    built = build_split(src, data, split_cfg(shots_per_label=2))
+    leaked = dataclasses.replace(built.shots[0], image=built.test[0].image)
+    targets = [src.subsets()[t] for t in built.targets]
+    with pytest.raises(LeakageError, match="in-context example image .* same bytes as target test sample"):
+        audit_split(built.train, built.test, targets, shots=[leaked, *built.shots[1:]])
+    stranger = dataclasses.replace(built.train[0])
+    with pytest.raises(LeakageError, match="not from a target's training portion"):
+        audit_split(built.train, built.test, targets, shots=[stranger])
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    from cgmed.models.tiny import init_tiny
+
+    root = tmp_path_factory.mktemp("tiny")
+    made: dict[str, str] = {}
+
+    def get(family: str) -> str:
+        if family not in made:
+            made[family] = str(init_tiny(family, root / family, seed=0))
+        return made[family]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def split_dir(source, tmp_path_factory):
+    data, src = source
+    out = tmp_path_factory.mktemp("split")
+    write_split(build_split(src, data, split_cfg(shots_per_label=3)), out, {"split": {}}, src)
+    return out
+
+
+def test_draws_are_per_label_keyed_by_question_and_seed(split_dir):
+    pool = ShotPool(split_dir / "shots.jsonl", 2)
+    tests = read_manifest(split_dir / "test.jsonl")
+    pool.check(tests)
+    by_image = {r["image"]: r for r in read_manifest(split_dir / "shots.jsonl")}
+    for rec in tests[:6]:
+        drawn = pool.draw(rec, 0)
+        assert Counter(by_image[img]["label"] for _, _, img in drawn) == {
+            lab: 2 for lab in pool.by_subset[rec["subset"]]
+        }
+        assert all(q == by_image[img]["question"] and a == by_image[img]["answer"] for q, a, img in drawn)
+        assert pool.draw(rec, 0) == drawn  # the same question and seed: the same examples
+    draws = {tuple(pool.draw(r, s)) for r in tests[:3] for s in range(3)}
+    assert len(draws) > 1  # seeds and questions change the draw
+    # a pool holding a question's own image never shows it to that question
+    rec = dict(tests[0])
+    own = next(iter(by_image.values()))
+    rec["image"], rec["subset"] = own["image"], own["subset"]
+    tight = ShotPool(split_dir / "shots.jsonl", 3)
+    with pytest.raises(DataError, match="other than question"):
+        tight.draw(rec, 0)
+    assert all(img != own["image"] for _, _, img in pool.draw(rec, 0))
+
+
+def test_pool_errors_name_the_fix(split_dir, tmp_path):
+    tests = read_manifest(split_dir / "test.jsonl")
+    with pytest.raises(DataError, match="(?s)needs 4 examples per label.*shots_per_label >= 4"):
+        ShotPool(split_dir / "shots.jsonl", 4).check(tests)
+    other = [dict(tests[0], subset="99")]
+    with pytest.raises(DataError, match="holds no example of subset 99"):
+        ShotPool(split_dir / "shots.jsonl", 1).check(other)
+    with pytest.raises(ConfigError, match="eval.shot_pool"):
+        EvalConfig(shots=2)
+    with pytest.raises(ConfigError, match="eval.shots"):
+        EvalConfig(shots=-1)
+    with pytest.raises(ConfigError, match="cg.few_shot.shots"):
+        FewShot(shots=[0])
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava", "mllama"])
+def test_each_family_prompt_holds_the_examples_in_order(family, tiny_model_dir):
+    from transformers import AutoProcessor
+
+    adapter = get_adapter(family)
+    processor = AutoProcessor.from_pretrained(tiny_model_dir(family))
+    shots = [("Q one? A: x B: y", "A"), ("Q two? A: x B: y", "B")]
+    text = adapter.render(processor, "Final question?", shots=shots)
+    assert text.count(adapter.image_token) == 3
+    pos = [text.index(s) for s in ("Q one?", "A", "Q two?", "Final question?")]
+    assert pos == sorted(pos)
+    assert text.endswith(adapter.render(processor, "Final question?")[-12:])  # ends at the generation prompt
+    assert adapter.render(processor, "Final question?", shots=()) == adapter.render(
+        processor, "Final question?"
+    )
+
+
+def test_few_shot_predictions_do_not_depend_on_batching(split_dir, tiny_model_dir, tmp_path):
+    model = tiny_model_dir("qwen2_vl")
+    cfg = EvalConfig(
+        batch_size=1, bootstrap=50, shots=1, shot_pool=str(split_dir / "shots.jsonl"), shot_seed=1
+    )
+    one = evaluate(model, cfg, str(split_dir / "test.jsonl"), tmp_path / "b1", "qwen2_vl")
+    many = evaluate(
+        model,
+        dataclasses.replace(cfg, batch_size=7),
+        str(split_dir / "test.jsonl"),
+        tmp_path / "b7",
+        "qwen2_vl",
+    )
+    rows1 = [json.loads(x) for x in (tmp_path / "b1" / "predictions.jsonl").read_text().splitlines()]
+    rows7 = [json.loads(x) for x in (tmp_path / "b7" / "predictions.jsonl").read_text().splitlines()]
+    assert [(r["pred"], r["shots"]) for r in rows1] == [(r["pred"], r["shots"]) for r in rows7]
+    n_labels = len({r["label"] for r in read_manifest(split_dir / "shots.jsonl")})
+    assert all(len(r["shots"]) == n_labels for r in rows1)
+    assert one["shots"] == {"per_label": 1, "pool": str(split_dir / "shots.jsonl"), "seed": 1}
+    assert one["overall"]["accuracy"] == many["overall"]["accuracy"]
+    zero = evaluate(
+        model, dataclasses.replace(cfg, shots=0), str(split_dir / "test.jsonl"), tmp_path / "z", "qwen2_vl"
+    )
+    rows0 = [json.loads(x) for x in (tmp_path / "z" / "predictions.jsonl").read_text().splitlines()]
+    assert "shots" not in zero and "shots" not in rows0[0]
+
+
+def test_protocol_reports_few_shot_table(tmp_path):
+    target = CGTarget(
+        name="ct_lung_cancer",
+        target=TARGET,
+        related=RELATED,
+        paper_few_shot={"baseline": {0: 30.0, 1: 28.83}, "trained": {0: 28.0, 1: 37.0}},
+    )
+    cg = CGConfig(
+        targets=[target],
+        tiny_base=TinyBase(),
+        few_shot=FewShot(shots=[1, 2], repeats=2),
+        baseline_plus=False,
+        eval_seen=False,
+    )
+    args = (
+        DataConfig(cache_dir=str(tmp_path / "cache")),
+        split_cfg(),
+        world(),
+        ModelConfig(),
+        TrainConfig(max_steps=6, per_device_batch_size=8, lr=2e-3, progress_bar=False, tensorboard=False),
+        PeftConfig(),
+        DistributedConfig(),
+        EvalConfig(batch_size=16, bootstrap=50),
+    )
+    doc = run_protocol(cg, *args, tmp_path / "run")
+    fs = doc["targets"][0]["few_shot"]
+    assert fs["shots"] == [0, 1, 2]
+    out = tmp_path / "run" / "ct_lung_cancer"
+    for arm, folder in (("baseline", out / "baseline"), ("trained", out / "seed-0" / "trained")):
+        for n in ("1", "2"):
+            accs = [
+                json.loads((folder / f"eval_{n}shot" / f"repeat-{r}" / "results.json").read_text())[
+                    "overall"
+                ]["accuracy"]
+                for r in range(2)
+            ]
+            assert fs[arm][n]["values"] == accs
+            mean = sum(accs) / 2
+            assert fs[arm][n]["mean"] == pytest.approx(mean)
+            assert fs[arm][n]["sd"] == pytest.approx(
+                (sum((a - mean) ** 2 for a in accs) / 2) ** 0.5
+            )  # ddof 0
+            rows = (folder / f"eval_{n}shot" / "repeat-0" / "predictions.jsonl").read_text().splitlines()
+            assert len(json.loads(rows[0])["shots"]) == 2 * int(n)  # two labels per synthetic subset
+    assert fs["baseline"]["0"]["values"] == [doc["targets"][0]["baseline"]["accuracy"]]
+    assert fs["paper"] == {"baseline": {"0": 30.0, "1": 28.83}, "trained": {"0": 28.0, "1": 37.0}}
+    md = (tmp_path / "run" / "cg_report.md").read_text()
+    assert "| Model | 0-shot | 1-shot | 2-shot |" in md and "| paper: trained | 28.0 | 37.0 | - |" in md
+    split = json.loads((out / "splits" / "related" / "split_meta.json").read_text())
+    assert split["sizes"]["shots"] == 4 and split["config"]["split"]["shots_per_label"] == 2
+    # the same run directory with other split settings is refused, naming the difference
+    cg2 = dataclasses.replace(cg, few_shot=FewShot(shots=[3], repeats=1))
+    with pytest.raises(ConfigError, match=r"other split settings \(differing: \['shots_per_label'\]\)"):
+        run_protocol(cg2, *args, tmp_path / "run")
+    shutil.rmtree(tmp_path / "cache")
