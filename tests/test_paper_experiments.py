@@ -250,7 +250,9 @@ def test_pilot_config_plans_on_the_standin(standin, tmp_path, capsys):
     assert all(set(v) == {"baseline", "multi"} for k, v in t["cg"].pilot.paper.items() if k in ood)
     splits = run / "pilot" / "splits"
     multi = json.loads((splits / "multi" / "split_meta.json").read_text())
-    assert [s["id"] for s in multi["train_subsets"]] == ids and multi["sizes"]["train"] == 25 * TRAIN_PER_SUBSET
+    assert [s["id"] for s in multi["train_subsets"]] == ids and multi["sizes"][
+        "train"
+    ] == 25 * TRAIN_PER_SUBSET
     assert sorted(multi["counts"]["seen_test"]) == ids
     ood_meta = json.loads((splits / "ood" / "split_meta.json").read_text())
     assert sorted(ood_meta["counts"]["test"]) == ood and ood_meta["sizes"]["train"] == 0

@@ -99,11 +99,8 @@ def test_report_numbers_come_from_the_predictions(pilot_run):
     assert t1["16"]["paper"] == PAPER["16"] and t2["20"]["paper"] == PAPER["20"] and "paper" not in t1["18"]
     md = (out / "pilot_report.md").read_text()
     assert "| Subset | n | Baseline | Single-task | Multi-task | Paper (Base / Single / Multi) |" in md
-    assert (
-        "| 20 Mic Cell Recognition |" in md
-        and md.count("\n| 1") == 2
-        and md.count("\n| 2") + md.count("\n| 3") == 2
-    )
+    table_rows = [line[2:4] for line in md.splitlines() if line.startswith("| ") and line[2:4].isdigit()]
+    assert table_rows == ["16", "18", "20", "34"]  # Table 1's rows, then Table 2's
     assert json.loads((out / "pilot_report.json").read_text())["table1_id"] == doc["table1_id"]
     assert (out / "pilot.png").stat().st_size > 1000
     # the three trained models: one Multi-task, one Single-task per ID subset
