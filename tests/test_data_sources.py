@@ -183,3 +183,28 @@ def test_conversation_reader(tmp_path):
     x = src.index("X-ray_Lung_Cancer", BadSamples())
     ((_, s1),) = src.load(x, [0])
     assert s1.answer == "B" and s1.modality == "X-ray"
+
+
+def test_conversation_reader_reads_box_records(tmp_path):
+    root = tmp_path / "mine"
+    for i in range(5):
+        write_png(root / "img" / f"d{i}.png", 100 + i)
+    ask = "<image>\n[detection] Where is the lesion?"
+    records = [
+        _conv(0, "img/d0.png", t="Det", human=ask, gpt="{<10><20><30><40>}", label="Polyp"),
+        _conv(1, "img/d1.png", t="Det", human=ask, gpt="here", bbox=[5, 5, 50.4, 60]),  # box from bbox
+        _conv(2, "img/d2.png", t="Det", human=ask, gpt="{<1><2><3><4>}", bbox=[10, 10, 20, 20]),  # disagree
+        _conv(3, "img/d3.png", t="Det", human=ask, gpt="somewhere"),  # no box at all
+        _conv(4, "img/d4.png", t="Det", human=ask, gpt="{<50><20><30><40>}"),  # x1 > x2
+    ]
+    (root / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    src = ConversationSource(DataConfig(format="conversation"), root)
+    bad = BadSamples()
+    idx = src.index("CT_Lung_Det", bad)
+    assert bad.counts == {"malformed box": 3}
+    assert " ".join(e for e in bad.examples).count("disagrees with bbox") == 1
+    samples = {s.id: s for _, s in src.load(idx, list(range(len(idx))))}
+    s0, s1 = samples["CT_Lung_Det-r0"], samples["CT_Lung_Det-r1"]
+    assert s0.box == [10, 20, 30, 40] and s0.answer == "{<10><20><30><40>}" and s0.label == "Polyp"
+    assert s0.options == [] and s0.question == "[detection] Where is the lesion?"
+    assert s1.box == [5, 5, 50.4, 60] and s1.answer == "{<5><5><50><60>}" and s1.label == "object"

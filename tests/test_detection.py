@@ -272,6 +272,13 @@ def test_results_give_the_hand_computed_ciou():
     assert doc["unparsed"] == 1
     lo, hi = results(rows, n_boot=500)["per_subset"]["09"]["ciou_ci95"]
     assert 0.0 <= lo <= 150 / 650 <= hi <= 1.0
+    # cgmed-eval's console summary reports cIoU beside accuracy where there are boxes
+    from cgmed.cli.eval import summary_lines
+
+    text = summary_lines(doc)
+    assert f"cIoU {150 / 650:.4f}" in text and "on 3 detection samples" in text
+    assert f"  CT Lung Det{' ' * 17} 0.3333  n=3  cIoU {150 / 650:.4f}" in text
+    assert "  CT Lung Cancer" in text and "cIoU" not in text.split("CT Lung Cancer")[1].splitlines()[0]
 
 
 def test_evaluator_scores_a_mixed_manifest(world, tiny, tmp_path):

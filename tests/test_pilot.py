@@ -147,6 +147,8 @@ def test_config_errors_name_the_key(standin, tmp_path):
         CGConfig(pilot=Pilot(), targets=[CGTarget(target="03")])
     with pytest.raises(ConfigError, match="cg.pilot.test_only_status"):
         Pilot(train_status=["ID"], test_only_status=["ID"])
+    with pytest.raises(ConfigError, match="(?s)cg.only.*pilot.subsets"):
+        CGConfig(pilot=Pilot(), only=["x"])
     with pytest.raises(ConfigError, match="nothing to train"):
         Pilot(single=False, multi=False)
     g = groups(standin)

@@ -101,12 +101,20 @@ class CGConfig:
     def __post_init__(self) -> None:
         if not self.seeds:
             raise ConfigError("cg.seeds", "needs at least one seed")
-        if self.pilot is not None and self.targets:
-            raise ConfigError(
-                "cg.pilot",
-                "runs instead of cg.targets, but both are set",
-                "leave cg.targets empty for the pilot",
-            )
+        if self.pilot is not None:
+            if self.targets:
+                raise ConfigError(
+                    "cg.pilot",
+                    "runs instead of cg.targets, but both are set",
+                    "leave cg.targets empty for the pilot",
+                )
+            for key, value, fix in (
+                ("only", self.only, "restrict the pilot with cg.pilot.subsets"),
+                ("few_shot", self.few_shot, "few-shot prompting belongs to a CG target (cg.targets)"),
+                ("curve_every", self.curve_every, "set train.eval_every on a cgmed-train run instead"),
+            ):
+                if value:
+                    raise ConfigError(f"cg.{key}", "does not apply to the pilot (cg.pilot)", fix)
         names = [t.name for t in self.targets if t.name]
         if len(names) != len(set(names)):
             raise ConfigError("cg.targets", f"target names repeat: {names}", "give each target a unique name")

@@ -34,14 +34,30 @@ def job(cfg: Any) -> None:
         model.dtype,
         {"min_pixels": model.min_pixels, "max_pixels": model.max_pixels},
     )
+    print(summary_lines(doc))
+    print(f"written to {run_dir()}")
+
+
+def summary_lines(doc: dict[str, Any]) -> str:
+    """The console summary: accuracy (and cIoU when there are detection rows) overall and per MAT."""
     o = doc["overall"]
-    print(
+    lines = []
+    shots = doc.get("shots")
+    if shots:
+        lines.append(f"{shots['per_label']}-shot per label (draw {shots['seed']}) from {shots['pool']}")
+    lines.append(
         f"accuracy {o['accuracy']:.4f} (95% CI {o['ci95'][0]:.4f}-{o['ci95'][1]:.4f}) on {o['n']} samples, "
         f"chance {o['chance']:.3f}; unparsed {doc['unparsed']}"
     )
+    if o.get("n_det"):
+        lines.append(
+            f"cIoU {o['ciou']:.4f} (95% CI {o['ciou_ci95'][0]:.4f}-{o['ciou_ci95'][1]:.4f}) on {o['n_det']} "
+            f"detection samples; mean IoU {o['mean_iou']:.4f}, accuracy = IoU >= 0.5"
+        )
     for k, v in doc["per_mat"].items():
-        print(f"  {k:<28} {v['accuracy']:.4f}  n={v['n']}")
-    print(f"written to {run_dir()}")
+        det = f"  cIoU {v['ciou']:.4f}" if v.get("n_det") else ""
+        lines.append(f"  {k:<28} {v['accuracy']:.4f}  n={v['n']}{det}")
+    return "\n".join(lines)
 
 
 def main() -> None:

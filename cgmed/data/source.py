@@ -508,6 +508,10 @@ class ConversationSource(Source):
     and optionally ``id``, ``subset``, ``split`` (train|test) and ``label``. A human turn that lists
     options (``A: x`` lines) is used as is, with the gpt answer a letter or an option's text; one
     without options is label-only, and the split builder writes its multiple-choice question.
+
+    Box records (task ``Det``, no options): the gpt answer is a box ``{<x1><y1><x2><y2>}`` on the
+    0-100 grid (MiniGPT-v2's format) and/or the record has ``bbox: [x1, y1, x2, y2]`` (they must
+    agree); ``label`` names the finding (it balances sampling like any label; default ``object``).
     """
 
     def __init__(self, cfg: DataConfig, root: str | Path):
@@ -571,6 +575,11 @@ class ConversationSource(Source):
             letter = ""
             if not label:
                 raise BadSample("malformed record", "empty answer and no label")
+        box = None
+        if fields["task"] == DETECTION_TASK and not options:
+            box = self._box(obj, answer)
+            label = str(obj.get("label") or "object").strip()
+            letter = format_box(box)
         split = str(obj.get("split", "")).lower() or None
         if split not in (None, "train", "test"):
             raise BadSample("malformed record", f"split {obj['split']!r} is neither train nor test")
@@ -584,7 +593,25 @@ class ConversationSource(Source):
             "label": label,
             "split": split,
             "id": str(obj.get("id", "")),
+            "box": box,
         }
+
+    @staticmethod
+    def _box(obj: dict[str, Any], answer: str) -> list[float]:
+        """A box record's box: ``bbox`` and/or the gpt answer, agreeing when both are given."""
+        m = _ANSWER_BOX.fullmatch(answer)
+        from_answer = _check_box([float(m.group(i)) for i in range(1, 5)], "answer") if m else None
+        if "bbox" in obj:
+            box = _check_box(obj["bbox"], "bbox")
+            if from_answer is not None and _rounded(box) != _rounded(from_answer):
+                raise BadSample("malformed box", f"answer {answer!r} disagrees with bbox {obj['bbox']!r}")
+            return box
+        if from_answer is None:
+            raise BadSample(
+                "malformed box",
+                f"a Det record needs a bbox or a box answer {{<x1><y1><x2><y2>}}, got {answer!r}",
+            )
+        return from_answer
 
     def _build_index(self) -> dict[str, SubsetIndex]:
         if self._index is not None:
@@ -656,6 +683,7 @@ class ConversationSource(Source):
                     options=rec["options"],
                     answer=rec["answer"],
                     source_split="test" if index.is_test[p] else "train",
+                    box=rec["box"],
                 ),
             )
 
