@@ -257,3 +257,28 @@ def test_protocol_reports_few_shot_table(tmp_path):
     with pytest.raises(ConfigError, match=r"other split settings \(differing: \['shots_per_label'\]\)"):
         run_protocol(cg2, *args, tmp_path / "run")
     shutil.rmtree(tmp_path / "cache")
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava", "mllama"])
+def test_the_model_sees_every_example_image(family, split_dir, tiny_model_dir):
+    import torch
+
+    from cgmed.eval.score import Scorer, load_for_eval
+
+    model, processor, adapter = load_for_eval(tiny_model_dir(family))
+    scorer = Scorer(model, processor, adapter, "option_scoring")
+    pool = ShotPool(split_dir / "shots.jsonl", 2)
+    recs = read_manifest(split_dir / "test.jsonl")[:2]
+    shots = [pool.draw(r, 0) for r in recs]
+    with_shots = scorer._inputs([r["question"] for r in recs], [r["image"] for r in recs], shots)
+    alone = scorer._inputs([r["question"] for r in recs], [r["image"] for r in recs])
+    n_images = {
+        "qwen2_vl": lambda enc: enc["image_grid_thw"].shape[0],
+        "llava": lambda enc: enc["pixel_values"].shape[0],
+        "mllama": lambda enc: int(enc["aspect_ratio_ids"].ne(0).sum()),
+    }[family]
+    assert n_images(with_shots) == sum(len(s) + 1 for s in shots) == 10 and n_images(alone) == 2
+    with torch.no_grad():
+        a = model(**with_shots, use_cache=False).logits[:, -1]
+        b = model(**alone, use_cache=False).logits[:, -1]
+    assert not torch.allclose(a, b)  # the examples reach the answer position
