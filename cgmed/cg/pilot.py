@@ -29,12 +29,12 @@ from typing import Any
 import numpy as np
 
 from cgmed.cg.config import CGConfig, Pilot
-from cgmed.cg.protocol import _barrier, _is_main, _tiny_base, eval_stage, train_stage
+from cgmed.cg.protocol import _barrier, _is_main, base_model, eval_stage, open_data, train_stage
 from cgmed.config import as_dict
 from cgmed.data.audit import audit_split
-from cgmed.data.build import build_split, resolve_root, write_split
+from cgmed.data.build import build_split, write_split
 from cgmed.data.record import Sample
-from cgmed.data.source import DataConfig, open_source
+from cgmed.data.source import DataConfig
 from cgmed.data.split import SplitConfig
 from cgmed.errors import ConfigError
 from cgmed.eval.score import EvalConfig
@@ -132,14 +132,9 @@ def run_pilot(
     dry_run: bool = False,
 ) -> dict[str, Any]:
     """Tables 1-2: Baseline, Single-task and Multi-task accuracy per subset (see module docstring)."""
-    from cgmed.train.distributed import init_process_state
-
     pilot = cg.pilot
     assert pilot is not None
-    init_process_state(dist)
-    root = resolve_root(data, synth) if _is_main() else None
-    _barrier()
-    source = open_source(data, root or resolve_root(data, synth))
+    source = open_data(data, synth, dist)
     plan = plan_pilot(pilot, split, source)
     out = run_dir / "pilot"
     metas = {name: _build(name, cfg, data, source, out) for name, cfg in plan.splits.items()}
@@ -148,12 +143,7 @@ def run_pilot(
         if _is_main():
             print_pilot_plan(plan, metas, audit)
         return {"dry_run": True, "pilot": {"trained": plan.trained, "test_only": plan.test_only}}
-    if model.path is None:
-        if cg.tiny_base is None:
-            raise ConfigError(
-                "model.path", "is required", "model.path=DIR or a hub id (or cg.tiny_base for a demo)"
-            )
-        model = dataclasses.replace(model, path=str(_tiny_base(cg, run_dir)))
+    model = base_model(cg, model, run_dir)
 
     splits = out / "splits"
     evals: dict[str, Any] = {"baseline": {}, "seeds": {}}
@@ -220,32 +210,23 @@ def pilot_rows(plan: PilotPlan, metas: dict, evals: dict, pilot: Pilot) -> dict[
         s = subsets[sid]
         return f"{sid} {s['modality']} {s['area']} {s['task']}"
 
-    table1, table2 = [], []
-    for sid in plan.trained:
-        base = evals["baseline"]["id"]
-        row = {
+    def row(sid: str, kind: str) -> dict[str, Any]:
+        base = evals["baseline"][kind]
+        out = {
             "subset": describe(sid),
             "n": base["per_subset"][sid]["n"],
             "chance": base["per_subset"][sid]["chance"],
             "baseline": _per_subset(base, sid),
-            "single": _mean([_per_subset(evals["seeds"][s]["single"].get(sid), sid) for s in seeds]),
-            "multi": _mean([_per_subset(evals["seeds"][s].get("multi_id"), sid) for s in seeds]),
         }
+        if kind == "id":  # only trained-on subsets have a Single-task model
+            out["single"] = _mean([_per_subset(evals["seeds"][s]["single"].get(sid), sid) for s in seeds])
+        out["multi"] = _mean([_per_subset(evals["seeds"][s].get(f"multi_{kind}"), sid) for s in seeds])
         if sid in paper:
-            row["paper"] = dict(paper[sid])
-        table1.append(row)
-    for sid in plan.test_only:
-        base = evals["baseline"]["ood"]
-        row = {
-            "subset": describe(sid),
-            "n": base["per_subset"][sid]["n"],
-            "chance": base["per_subset"][sid]["chance"],
-            "baseline": _per_subset(base, sid),
-            "multi": _mean([_per_subset(evals["seeds"][s].get("multi_ood"), sid) for s in seeds]),
-        }
-        if sid in paper:
-            row["paper"] = dict(paper[sid])
-        table2.append(row)
+            out["paper"] = dict(paper[sid])
+        return out
+
+    table1 = [row(sid, "id") for sid in plan.trained]
+    table2 = [row(sid, "ood") for sid in plan.test_only]
     return {"table1_id": table1, "table2_ood": table2}
 
 
@@ -257,29 +238,33 @@ def _cell(x: Any) -> str:
     return f"{100 * v:.1f}{sd}"
 
 
-def pilot_markdown(tables: dict[str, list[dict]], cg: CGConfig) -> str:
-    lines = ["Table 1 shape: in-distribution subsets (trained on), accuracy %", ""]
-    has_paper = any("paper" in r for t in tables.values() for r in t)
-    head = ["Subset", "n", "Baseline", "Single-task", "Multi-task"] + (
-        ["Paper (Base / Single / Multi)"] if has_paper else []
-    )
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in tables["table1_id"]:
-        cells = [r["subset"], str(r["n"]), _cell(r["baseline"]), _cell(r["single"]), _cell(r["multi"])]
-        if has_paper:
-            p = r.get("paper") or {}
-            cells.append(" / ".join(str(p.get(k, "-")) for k in ("baseline", "single", "multi")))
+_ARM_TITLES = {
+    "baseline": ("Baseline", "Base"),
+    "single": ("Single-task", "Single"),
+    "multi": ("Multi-task", "Multi"),
+}
+
+
+def _md_table(rows: list[dict], arms: tuple[str, ...], with_paper: bool) -> list[str]:
+    head = ["Subset", "n"] + [_ARM_TITLES[a][0] for a in arms]
+    if with_paper:
+        head.append("Paper (" + " / ".join(_ARM_TITLES[a][1] for a in arms) + ")")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["subset"], str(r["n"])] + [_cell(r[a]) for a in arms]
+        if with_paper:
+            cells.append(" / ".join(str((r.get("paper") or {}).get(a, "-")) for a in arms))
         lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def pilot_markdown(tables: dict[str, list[dict]], cg: CGConfig) -> str:
+    has_paper = any("paper" in r for t in tables.values() for r in t)
+    lines = ["Table 1 shape: in-distribution subsets (trained on), accuracy %", ""]
+    lines += _md_table(tables["table1_id"], ("baseline", "single", "multi"), has_paper)
     if tables["table2_ood"]:
         lines += ["", "Table 2 shape: out-of-distribution subsets (never trained on), accuracy %", ""]
-        head = ["Subset", "n", "Baseline", "Multi-task"] + (["Paper (Base / Multi)"] if has_paper else [])
-        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for r in tables["table2_ood"]:
-            cells = [r["subset"], str(r["n"]), _cell(r["baseline"]), _cell(r["multi"])]
-            if has_paper:
-                p = r.get("paper") or {}
-                cells.append(" / ".join(str(p.get(k, "-")) for k in ("baseline", "multi")))
-            lines.append("| " + " | ".join(cells) + " |")
+        lines += _md_table(tables["table2_ood"], ("baseline", "multi"), has_paper)
     lines += [
         "",
         "Baseline = the untrained model; Single-task = trained on that subset only; Multi-task = one model trained "

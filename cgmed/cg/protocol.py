@@ -241,20 +241,11 @@ def run_protocol(
 ) -> dict[str, Any]:
     """The whole protocol; returns the report document (and writes it unless ``dry_run``)."""
     from cgmed.cg.report import print_plan, write_report
-    from cgmed.train.distributed import init_process_state
 
-    init_process_state(dist)  # every rank runs this driver; its barriers use the training process group
-    root = resolve_root(data, synth) if _is_main() else None
-    _barrier()
-    root = root or resolve_root(data, synth)
-    source = open_source(data, root)
+    source = open_data(data, synth, dist)
     plans = plan_targets(cg, split, source)
-    if not dry_run and model.path is None:
-        if cg.tiny_base is None:
-            raise ConfigError(
-                "model.path", "is required", "model.path=DIR or a hub id (or cg.tiny_base for a demo)"
-            )
-        model = dataclasses.replace(model, path=str(_tiny_base(cg, run_dir)))
+    if not dry_run:
+        model = base_model(cg, model, run_dir)
 
     per_target = []
     for plan in plans:
@@ -309,38 +300,39 @@ def run_protocol(
     return doc
 
 
-def run_groups(groups: dict[str, Any], run_dir: Path, dry_run: bool = False) -> dict[str, Any]:
-    """``run_protocol`` from the typed config groups (``cgmed.cli.hydra_app.typed_config``)."""
-    g = groups
-    if g["cg"].pilot is not None:
-        from cgmed.cg.pilot import run_pilot
+GROUP_ORDER = ("cg", "data", "split", "synth", "model", "train", "peft", "distributed", "eval")
 
-        return run_pilot(
-            g["cg"],
-            g["data"],
-            g["split"],
-            g["synth"],
-            g["model"],
-            g["train"],
-            g["peft"],
-            g["distributed"],
-            g["eval"],
-            run_dir,
-            dry_run=dry_run,
+
+def run_groups(groups: dict[str, Any], run_dir: Path, dry_run: bool = False) -> dict[str, Any]:
+    """The CG protocol (or the pilot, when ``cg.pilot`` is set) from the typed config groups
+    (``cgmed.cli.hydra_app.typed_config``)."""
+    if groups["cg"].pilot is not None:
+        from cgmed.cg.pilot import run_pilot as runner
+    else:
+        runner = run_protocol
+    return runner(*(groups[k] for k in GROUP_ORDER), run_dir, dry_run=dry_run)
+
+
+def open_data(data: DataConfig, synth: Any, dist: DistributedConfig) -> Any:
+    """Start the process group, make the data root (the synthetic world once, on the main
+    process) and open the source on every rank."""
+    from cgmed.train.distributed import init_process_state
+
+    init_process_state(dist)  # every rank runs the driver; its barriers use the training process group
+    root = resolve_root(data, synth) if _is_main() else None
+    _barrier()
+    return open_source(data, root or resolve_root(data, synth))
+
+
+def base_model(cg: CGConfig, model: ModelConfig, run_dir: Path) -> ModelConfig:
+    """``model`` with a path: the configured one, or a tiny random base made for the run (``cg.tiny_base``)."""
+    if model.path is not None:
+        return model
+    if cg.tiny_base is None:
+        raise ConfigError(
+            "model.path", "is required", "model.path=DIR or a hub id (or cg.tiny_base for a demo)"
         )
-    return run_protocol(
-        g["cg"],
-        g["data"],
-        g["split"],
-        g["synth"],
-        g["model"],
-        g["train"],
-        g["peft"],
-        g["distributed"],
-        g["eval"],
-        run_dir,
-        dry_run=dry_run,
-    )
+    return dataclasses.replace(model, path=str(_tiny_base(cg, run_dir)))
 
 
 def _tiny_base(cg: CGConfig, run_dir: Path) -> Path:
