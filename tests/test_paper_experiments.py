@@ -233,6 +233,7 @@ def test_paper_experiment_plans_on_the_standin(name, standin, tmp_path, capsys):
             labels = rel["counts"]["test"][spec.target]
             assert rel["counts"]["shots"] == {spec.target: {lab: 4 for lab in labels}}
             assert rel["audit"]["checks"]["shot_examples"] == 4 * len(labels)
+            assert f"in-context examples (few-shot, never trained on): {4 * len(labels)}" in out
         else:  # pragma: no cover - a new kind of config needs its own check here
             pytest.fail(f"no intent check for {name}")
 

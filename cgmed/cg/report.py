@@ -337,6 +337,10 @@ def print_plan(per_target: list[dict]) -> None:
             f"samples; target test {rel['sizes']['test']}, seen test {rel['sizes']['seen_test']}; "
             f"audit {'passed' if rel['audit']['passed'] else 'FAILED'}"
         )
+        if rel["sizes"].get("shots"):
+            print(
+                f"  in-context examples (few-shot, never trained on): {rel['sizes']['shots']} in shots.jsonl"
+            )
         if "unrelated" in metas:
             un = metas["unrelated"]
             print(

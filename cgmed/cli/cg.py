@@ -8,15 +8,17 @@ Per target: builds the Related and the size-matched Unrelated splits, trains Tra
 Baseline+ from the same base model over ``cg.seeds``, evaluates the base model (Baseline),
 Baseline+ and Trained on the target's test set (and Trained on the seen combinations), and
 writes ``cg_report.json``, ``cg_report.md`` and plots. Rerunning skips finished stages.
+
+    cgmed-cg experiment=paper/pilot_tables1_2      # cg.pilot: the paper's pilot (Tables 1-2) instead
+    cgmed-cg experiment=paper/table16_few_shot     # cg.few_shot: also n-shot Baseline and Trained
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from cgmed.cg.protocol import GROUP_ORDER as GROUPS
 from cgmed.cli.hydra_app import run_app, run_dir, typed_config
-
-GROUPS = ("cg", "data", "split", "synth", "model", "train", "peft", "distributed", "eval")
 
 
 def job(cfg: Any) -> None:
