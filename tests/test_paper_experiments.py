@@ -28,7 +28,8 @@ from cgmed.data.vocab import Vocabulary
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = CONF_DIR / "experiment" / "paper"
-CONFIGS = sorted(p.stem for p in PAPER.glob("*.yaml") if not p.name.startswith(("_", "pilot")))
+# the pilot and Table 8 (derived subsets) have tests of their own below
+CONFIGS = sorted(p.stem for p in PAPER.glob("*.yaml") if not p.name.startswith(("_", "pilot", "table8")))
 BASES = sorted(p.stem for p in PAPER.glob("_*.yaml"))
 GROUPS = ("cg", "data", "split", "synth", "model", "train", "peft", "distributed", "eval")
 VOCAB = Vocabulary()
@@ -262,6 +263,33 @@ def test_pilot_config_plans_on_the_standin(standin, tmp_path, capsys):
     assert "audit passed" in out and "Single-task models: 25" in out and "FAILED" not in out
 
 
+def test_table8_config_plans_on_derived_halves_of_subset_28(standin, tmp_path, capsys):
+    run = tmp_path / "run"
+    t, doc = dry_run("table8_finer_disease", standin, run)
+    out = capsys.readouterr().out
+    assert doc == {"dry_run": True, "targets": ["t8_row1_unrelated", "t8_row2_cg"]}
+    assert out.count("audit passed") == 2 and "FAILED" not in out
+    source = open_source(t["data"], standin)
+    subsets = source.subsets()
+    assert "28" not in subsets  # the parent holds both halves: hidden from training
+    assert subsets["28c"].triplet == ("X-ray", "Lung", "COVID")
+    assert subsets["28p"].triplet == ("X-ray", "Lung", "Pneumonia")
+    for name, other in (("t8_row1_unrelated", None), ("t8_row2_cg", "03")):
+        rel = metas(run, name)["related"]
+        assert [x["id"] for x in rel["targets"]] == ["28c"]
+        ids = [x["id"] for x in rel["train_subsets"]]
+        assert "28p" in ids and len(ids) == 2
+        if other:
+            assert other in ids
+        else:  # the Unrelated data shares no element with X-ray Lung COVID
+            (unrel,) = [i for i in ids if i != "28p"]
+            assert not shared_elements(subsets[unrel], subsets["28c"], source.vocab)
+        assert set(rel["counts"]["test"]["28c"]) == {"COVID-19", "Normal"}
+        assert set(rel["counts"]["train"]["28p"]) == {"Normal", "Pneumonia"}
+        assert rel["audit"]["passed"] and rel["audit"]["checks"]["image_hashes"] > 0
+    assert t["cg"].targets[0].paper == {"gain": 11.33} and t["cg"].targets[1].paper == {"gain": 12.67}
+
+
 def test_table3_rows_use_the_printed_names(standin, tmp_path):
     """Spot checks of the resolution rule against the paper's names."""
     t, _ = dry_run("table3_fm", standin, tmp_path / "run", ["cg.only=[t3_row05,t3_row02,t3_row13]"])
@@ -274,6 +302,10 @@ def test_table3_rows_use_the_printed_names(standin, tmp_path):
         "t3_row02": ["04", "05"],  # CT Lung Cancer + CT Brain State (not 06, CT Brain Cancer)
         "t3_row13": ["27", "28", "36"],  # X-ray Lung COVID + X-ray Bones Diseases (27, 36)
     }
+
+
+def metric_of(row: dict) -> str:
+    return row.get("metric", "accuracy")
 
 
 TINY_RUN = [
@@ -298,6 +330,7 @@ TINY_RUN = [
         ("table3_ft", "t3_row24", {"baseline", "baseline_plus", "trained"}),
         ("scaling_03", "s03_wo_task", {"baseline", "trained"}),
         ("table5_det_targets", "t5_row1", {"baseline", "trained", "metric"}),
+        ("table8_finer_disease", "t8_row2_cg", {"baseline", "trained", "gain"}),
     ],
 )
 def test_a_table3_row_and_a_scaling_arm_run_end_to_end_at_tiny_size(standin, tmp_path, name, only, arms):
@@ -308,7 +341,16 @@ def test_a_table3_row_and_a_scaling_arm_run_end_to_end_at_tiny_size(standin, tmp
     (row,) = doc["targets"]
     assert row["name"] == only and arms <= set(row)
     assert "paper" in row and row["paper"]  # the paper's numbers ride along into the report
-    assert "Paper (Base / Base+ / Trained)" in (tmp_path / "cg_report.md").read_text()
+    md = (tmp_path / "cg_report.md").read_text()
+    assert "| Gain (Trained - Baseline) | Paper |" in md and f"{100 * row['gain']:+.1f} | " in md
+    assert row["gain"] == pytest.approx(row["trained"][metric_of(row)] - row["baseline"][metric_of(row)])
+    if name.startswith("table8"):  # the paper gives only a gain: the cell names it
+        assert row["paper"] == {"gain": 12.67} and "| gain 12.67 |" in md
+    elif name.startswith("table5"):  # cIoU gains of two other backbones
+        assert "| ciou_gain_nextchat 3.8; ciou_gain_minigpt_v2 4.1 |" in md
+    else:
+        cell = " / ".join(str(row["paper"].get(k, "-")) for k in ("baseline", "baseline_plus", "trained"))
+        assert f"| {cell}" in md
     steps = [
         json.loads(x)["step"]
         for x in (tmp_path / only / "seed-0" / "trained" / "metrics.jsonl").read_text().splitlines()

@@ -133,6 +133,8 @@ def target_row(entry: dict[str, Any], run_dir: Path, eval_cfg: Any) -> dict[str,
     rivals = [row["baseline"][metric]] + ([row["baseline_plus"][metric]] if "baseline_plus" in row else [])
     # The paper's apparent rule (Table 3): CG helps when Trained beats both Baseline and Baseline+
     # (for a detection target, on cIoU: Table 5 reports cIoU gains).
+    # Tables 4, 5, 7, 8 and 15 report only this: Trained minus the untrained model
+    row["gain"] = float(row["trained"][metric] - row["baseline"][metric])
     row["cg_helps"] = bool(row["trained"][metric] > max(rivals))
     row["cg_helps_beyond_ci"] = bool(row["trained"]["ci95"][0] > max(rivals))
     if plan.spec.paper:
@@ -200,11 +202,33 @@ def _pct(x: dict | None, metric: str = "accuracy") -> str:
     return f"{100 * x[metric]:.1f} [{100 * lo:.0f}-{100 * hi:.0f}]"
 
 
+_TABLE3_KEYS = ("baseline", "baseline_plus", "trained")
+
+
+def _paper_cell(paper: dict) -> str:
+    """``Base / Base+ / Trained`` as Table 3 prints them, then any other number the row carries
+    (a gain, a SD, another backbone's value) as ``name value``."""
+    parts = []
+    if any(k in paper for k in _TABLE3_KEYS):
+        parts.append(" / ".join(str(paper.get(k, "-")) for k in _TABLE3_KEYS))
+    parts += [f"{k} {v}" for k, v in paper.items() if k not in _TABLE3_KEYS]
+    return "; ".join(parts) or "-"
+
+
 def markdown(rows: list[dict], cg: CGConfig) -> str:
     has_paper = any("paper" in r for r in rows)
-    head = ["Related combination", "Target", "Baseline", "Baseline+", "Trained", "CG helps", "Seen (Trained)"]
+    head = [
+        "Related combination",
+        "Target",
+        "Baseline",
+        "Baseline+",
+        "Trained",
+        "CG helps",
+        "Seen (Trained)",
+        "Gain (Trained - Baseline)",
+    ]
     if has_paper:
-        head.append("Paper (Base / Base+ / Trained)")
+        head.append("Paper")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         metric = r.get("metric", "accuracy")
@@ -217,17 +241,19 @@ def markdown(rows: list[dict], cg: CGConfig) -> str:
             _pct(r["trained"], metric),
             "yes" if r["cg_helps"] else "no",
             _pct(r.get("seen_accuracy")),
+            f"{100 * r['gain']:+.1f}",
         ]
         if has_paper:
-            p = r.get("paper") or {}
-            cells.append(" / ".join(str(p.get(k, "-")) for k in ("baseline", "baseline_plus", "trained")))
+            cells.append(_paper_cell(r.get("paper") or {}))
         lines.append("| " + " | ".join(cells) + " |")
     seeds = rows[0]["seeds"] if rows else []
     notes = [
         "",
         "Accuracy in %, [95% bootstrap interval]. Baseline = the model before training; Baseline+ = trained on "
         "Unrelated subsets (no shared MAT element), as many samples as the Related data; Trained = trained on the "
-        f"Related combination only. Seeds: {seeds}. CG helps = Trained > max(Baseline, Baseline+).",
+        f"Related combination only. Seeds: {seeds}. CG helps = Trained > max(Baseline, Baseline+). Gain = "
+        "Trained - Baseline in points (what Tables 4, 5, 7, 8 and 15 report). Paper = the paper's Baseline / "
+        "Baseline+ / Trained, then any other number it gives for the row.",
     ]
     if any(r.get("metric") == "ciou" for r in rows):
         notes.append(

@@ -68,12 +68,17 @@ def audit_split(
     targets = list(targets)
     target_ids = {t.id: t for t in targets}
     target_triplets = {t.triplet: t for t in targets}
+    parents = {t.derived_from: t.id for t in targets if getattr(t, "derived_from", None)}
     violations: list[str] = []
     for s in train:
         if s.id in allowed_target_train:
             continue
         if s.subset in target_ids:
             violations.append(f"{s.id}: subset {s.subset} is a held-out target")
+        elif s.subset in parents:
+            violations.append(
+                f"{s.id}: subset {s.subset} is the source of derived target {parents[s.subset]} (it holds its samples)"
+            )
         elif (s.modality, s.area, s.task) in target_triplets:
             t = target_triplets[(s.modality, s.area, s.task)]
             violations.append(

@@ -29,7 +29,7 @@ from typing import Any, Literal
 from cgmed.data.choices import LETTERS, parse_question_choice, same_label
 from cgmed.data.jsonio import iter_records, read_records_at
 from cgmed.data.record import Sample, stable_int
-from cgmed.data.subsets import MEDMAT_SUBSETS, SubsetInfo, normalize_subset_id
+from cgmed.data.subsets import MEDMAT_SUBSETS, DerivedSubset, SubsetInfo, normalize_subset_id
 from cgmed.data.vocab import DEFAULT_TASK_MERGE, Vocabulary
 from cgmed.errors import ConfigError, DataError
 from cgmed.eval.parse import format_box
@@ -59,6 +59,10 @@ class DataConfig:
     extra_elements: dict[str, list[str]] = field(default_factory=dict)
     task_merge: dict[str, list[str]] = field(default_factory=lambda: dict(DEFAULT_TASK_MERGE))
     cache_dir: str = "~/.cache/cgmed"  # where the synthetic world is generated when root is null
+    # subsets made from part of another (by label, label share or source dataset); their parents
+    # are hidden from selection rules unless keep_derived_sources (they hold the same images)
+    derived: list[DerivedSubset] = field(default_factory=list)
+    keep_derived_sources: bool = False
     train_manifest: str | None = None  # a built train.jsonl (read by the trainer)
     test_manifest: str | None = None  # a built test.jsonl (read by the evaluator)
 
@@ -67,6 +71,19 @@ class DataConfig:
             raise ConfigError("data.test_fraction", f"must be in (0, 1), got {self.test_fraction}")
         if self.max_bad_examples < 0:
             raise ConfigError("data.max_bad_examples", "must be >= 0")
+        ids = [d.id for d in self.derived]
+        if len(ids) != len(set(ids)):
+            raise ConfigError("data.derived", f"ids repeat: {ids}", "give each derived subset its own id")
+        for i, d in enumerate(self.derived):
+            key = f"data.derived[{i}]"
+            if d.share is not None and not (d.share.parts >= 2 and 0 <= d.share.part < d.share.parts):
+                raise ConfigError(
+                    f"{key}.share",
+                    f"part {d.share.part} of {d.share.parts}",
+                    "need parts >= 2 and 0 <= part < parts",
+                )
+            if d.share is not None and d.labels and d.share.label not in d.labels:
+                raise ConfigError(f"{key}.share.label", f"{d.share.label!r} is not among labels {d.labels}")
 
     def vocabulary(self) -> Vocabulary:
         return Vocabulary(extra=self.extra_elements, task_merge=self.task_merge)
@@ -689,7 +706,10 @@ class ConversationSource(Source):
 
 
 def open_source(cfg: DataConfig, root: str | Path) -> Source:
-    """The reader for ``data.format``."""
-    if cfg.format == "medmat":
-        return MedMatSource(cfg, root)
-    return ConversationSource(cfg, root)
+    """The reader for ``data.format`` (with the subsets of ``data.derived`` on top)."""
+    base: Source = MedMatSource(cfg, root) if cfg.format == "medmat" else ConversationSource(cfg, root)
+    if not cfg.derived:
+        return base
+    from cgmed.data.derive import DerivedSource
+
+    return DerivedSource(base, cfg.derived, cfg.keep_derived_sources)

@@ -9,7 +9,7 @@ subsets (38-53) are the detection/segmentation part, not in either table.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,7 @@ class SubsetInfo:
     name: str  # the task as the release names it
     status: str  # ID | OOD | det | seg
     sources: tuple[int, ...] = ()
+    derived_from: str | None = None  # the parent subset of a derived subset (data.derived)
 
     @property
     def kind(self) -> str:
@@ -44,6 +45,36 @@ class SubsetInfo:
 
     def describe(self) -> str:
         return f"{self.id} ({self.modality} {self.area} {self.task})"
+
+
+@dataclass
+class LabelShare:
+    """One of ``parts`` equal, disjoint shares of a label's samples (per split, seeded)."""
+
+    label: str
+    part: int = 0
+    parts: int = 2
+
+
+@dataclass
+class DerivedSubset:
+    """A subset made from part of another (``data.derived``): some of its labels, a share of one
+    label's samples, or the samples of some source datasets (``data-no``).
+
+    The paper's Table 8 splits subset 28 (X-ray Lung: Normal / COVID / Pneumonia) into X-ray
+    COVID (half the Normal images + COVID) and X-ray Pneumonia (the other half + Pneumonia), so
+    that COVID and Pneumonia become separate task elements.
+    """
+
+    id: str
+    source: str  # the parent subset id
+    task: str  # the new subset's task element (a new tag goes into data.extra_elements.task)
+    labels: list[str] = field(default_factory=list)  # keep only these labels (empty: all)
+    share: LabelShare | None = None
+    data_no: list[str] = field(default_factory=list)  # keep only these source datasets (empty: all)
+    modality: str | None = None  # default: the parent's
+    area: str | None = None  # default: the parent's
+    name: str = ""
 
 
 def _s(id_, m, a, tag, name, status, sources=()):

@@ -1,0 +1,127 @@
+"""Subsets made from part of another (``data.derived``), on top of any source.
+
+A derived subset keeps some labels of its parent, one share of one label's samples (the
+paper's Table 8 gives half of subset 28's Normal images to X-ray COVID and the other half to
+X-ray Pneumonia), and/or the samples of some source datasets (``data-no``, e.g. one population
+group, Table 7). It gets its own id and MAT triplet (a finer task element such as Pneumonia),
+so the selection rules and the leakage audit treat it like any subset.
+
+Parents are hidden from the selection rules unless ``data.keep_derived_sources``: a parent
+holds its children's samples (the Pneumonia images of X-ray Pneumonia under subset 28's own
+triplet, X-ray Lung COVID), so training on it would teach a derived target's combination; the
+leakage audit refuses a parent's samples next to a derived target whatever the selection.
+
+Indexes are filtered copies of the parent's (same files and byte offsets), so memory stays
+at ~15 bytes per record and records are read only when picked. Shares are exact: a label's
+samples of each split are put in a seeded order and cut into ``parts`` equal runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from cgmed.data.record import Sample, rng_for
+from cgmed.data.source import BadSamples, Source, SubsetIndex
+from cgmed.data.subsets import DerivedSubset, SubsetInfo
+from cgmed.errors import ConfigError
+
+
+class DerivedSource(Source):
+    """``base`` plus the subsets of ``derived`` (see the module docstring)."""
+
+    def __init__(self, base: Source, derived: list[DerivedSubset], keep_sources: bool = False):
+        self.base, self.keep_sources = base, keep_sources
+        self.root, self.cfg, self.vocab = base.root, base.cfg, base.vocab
+        parents = base.subsets()
+        self.specs: dict[str, DerivedSubset] = {}
+        self.infos: dict[str, SubsetInfo] = {}
+        for i, d in enumerate(derived):
+            key = f"data.derived[{i}]"
+            parent = parents.get(d.source)
+            if parent is None:
+                raise ConfigError(
+                    f"{key}.source", f"no subset {d.source!r} in the data", f"ids: {sorted(parents)}"
+                )
+            if d.id in parents:
+                raise ConfigError(
+                    f"{key}.id", f"{d.id!r} is already a subset of the data", "choose another id"
+                )
+            self.specs[d.id] = d
+            self.infos[d.id] = SubsetInfo(
+                id=d.id,
+                modality=self.vocab.canonical("modality", d.modality, f"{key}.modality")
+                if d.modality
+                else parent.modality,
+                area=self.vocab.canonical("area", d.area, f"{key}.area") if d.area else parent.area,
+                task=self.vocab.canonical("task", d.task, f"{key}.task"),
+                name=d.name or f"{parent.name or parent.id}, part (derived from {parent.id})",
+                status=parent.status,
+                derived_from=parent.id,
+            )
+        self.hidden = set() if keep_sources else {d.source for d in derived}
+
+    def subsets(self) -> dict[str, SubsetInfo]:
+        out = {k: v for k, v in self.base.subsets().items() if k not in self.hidden}
+        return dict(sorted({**out, **self.infos}.items()))
+
+    def index(self, subset: str, bad: BadSamples) -> SubsetIndex:
+        spec = self.specs.get(subset)
+        if spec is None:
+            return self.base.index(subset, bad)
+        parent = self.base.index(spec.source, bad)
+        key = f"data.derived[{list(self.specs).index(subset)}]"
+        for name in [*spec.labels, *([spec.share.label] if spec.share else [])]:
+            if name not in parent.labels:
+                raise ConfigError(
+                    f"{key}",
+                    f"label {name!r} is not a label of subset {spec.source}",
+                    f"labels: {parent.labels}",
+                )
+        keep = [
+            p
+            for p in range(len(parent))
+            if not spec.labels or parent.labels[parent.label_id[p]] in spec.labels
+        ]
+        if spec.data_no:
+            wanted = {str(x) for x in spec.data_no}
+            keep = [p for p, s in self.base.load(parent, keep) if s.data_no in wanted]
+            if not keep:
+                raise ConfigError(
+                    f"{key}.data_no", f"no record of subset {spec.source} has data-no in {sorted(wanted)}"
+                )
+        if spec.share is not None:
+            keep = self._share(spec, parent, keep)
+        idx = SubsetIndex(
+            info=self.infos[subset], files=list(parent.files), has_test_file=parent.has_test_file
+        )
+        for p in sorted(keep):
+            idx.add(
+                parent.file_id[p],
+                parent.offset[p],
+                parent.labels[parent.label_id[p]],
+                bool(parent.is_test[p]),
+            )
+        return idx
+
+    def _share(self, spec: DerivedSubset, parent: SubsetIndex, keep: list[int]) -> list[int]:
+        share = spec.share
+        assert share is not None
+        lid = parent.labels.index(share.label)
+        out = [p for p in keep if parent.label_id[p] != lid]
+        for test in (0, 1):
+            mine = [p for p in keep if parent.label_id[p] == lid and parent.is_test[p] == test]
+            # keyed by the parent and label, not by the derived id: sibling subsets that take
+            # parts 0 and 1 of the same label get disjoint runs of one order
+            rng_for(self.cfg.split_seed, "share", spec.source, share.label, test).shuffle(mine)
+            bounds = [len(mine) * k // share.parts for k in range(share.parts + 1)]
+            out += mine[bounds[share.part] : bounds[share.part + 1]]
+        return out
+
+    def load(self, index: SubsetIndex, positions: list[int]) -> Iterator[tuple[int, Sample]]:
+        spec = self.specs.get(index.info.id)
+        for pos, sample in self.base.load(index, positions):
+            if spec is not None and spec.labels and sample.options:
+                # the parent's options name labels this subset does not have: rebuild the question
+                # from the derived subset's own labels (cgmed.data.build.write_question)
+                sample.options, sample.answer = [], ""
+            yield pos, sample
