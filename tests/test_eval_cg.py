@@ -203,12 +203,16 @@ def test_shards_cover_each_sample_once():
             assert idx == list(range(n))
 
 
-def test_two_processes_give_the_same_predictions(cg_run, tmp_path):
+@pytest.mark.parametrize("few_shot", [False, True], ids=["zero_shot", "one_shot"])
+def test_two_processes_give_the_same_predictions(cg_run, tmp_path, few_shot):
     root, _ = cg_run
     final = root / "run" / "ct_lung_cancer" / "seed-0" / "trained" / "final"
-    manifest = root / "run" / "ct_lung_cancer" / "splits" / "related" / "seen_test.jsonl"
+    split = root / "run" / "ct_lung_cancer" / "splits" / "related"
+    manifest = split / "seen_test.jsonl"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     common = [f"model.path={final}", f"data.test_manifest={manifest}", "eval.batch_size=5"]
+    if few_shot:  # examples drawn per question: the same whichever process scores it
+        common += ["eval.shots=1", f"eval.shot_pool={split / 'train.jsonl'}"]
     one = subprocess.run(
         [sys.executable, "-m", "cgmed.eval", *common, f"hydra.run.dir={tmp_path / 'one'}"],
         capture_output=True,
@@ -242,6 +246,7 @@ def test_two_processes_give_the_same_predictions(cg_run, tmp_path):
     ra = json.loads((tmp_path / "one" / "results.json").read_text())
     rb = json.loads((tmp_path / "two" / "results.json").read_text())
     assert ra["per_subset"] == rb["per_subset"]
+    assert ("shots" in ra) == few_shot and all(("shots" in json.loads(x)) == few_shot for x in a.splitlines())
 
 
 def test_bad_inputs_fail_before_work(cg_run, tmp_path):

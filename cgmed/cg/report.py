@@ -252,9 +252,12 @@ def markdown(rows: list[dict], cg: CGConfig) -> str:
         "Accuracy in %, [95% bootstrap interval]. Baseline = the model before training; Baseline+ = trained on "
         "Unrelated subsets (no shared MAT element), as many samples as the Related data; Trained = trained on the "
         f"Related combination only. Seeds: {seeds}. CG helps = Trained > max(Baseline, Baseline+). Gain = "
-        "Trained - Baseline in points (what Tables 4, 5, 7, 8 and 15 report). Paper = the paper's Baseline / "
-        "Baseline+ / Trained, then any other number it gives for the row.",
+        "Trained - Baseline in points (what Tables 4, 5, 7, 8 and 15 report).",
     ]
+    if has_paper:
+        notes.append(
+            "Paper = the paper's Baseline / Baseline+ / Trained, then any other number it gives for the row."
+        )
     if any(r.get("metric") == "ciou" for r in rows):
         notes.append(
             "Targets marked (cIoU) are detection subsets: their Baseline / Baseline+ / Trained cells are cIoU in % "
