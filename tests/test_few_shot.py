@@ -282,3 +282,20 @@ def test_the_model_sees_every_example_image(family, split_dir, tiny_model_dir):
         a = model(**with_shots, use_cache=False).logits[:, -1]
         b = model(**alone, use_cache=False).logits[:, -1]
     assert not torch.allclose(a, b)  # the examples reach the answer position
+
+
+def test_split_settings_check_reads_older_metas_with_defaults(tmp_path):
+    from cgmed.cg.protocol import check_split_settings
+    from cgmed.config import as_dict
+
+    older = as_dict(SplitConfig(targets=["01"]))
+    del older["shots_per_label"]  # a split_meta.json written before the key existed
+    check_split_settings({"config": {"split": older}}, SplitConfig(targets=["01"]), tmp_path, "it")
+    with pytest.raises(ConfigError, match=r"differing: \['shots_per_label'\]"):
+        check_split_settings(
+            {"config": {"split": older}}, SplitConfig(targets=["01"], shots_per_label=2), tmp_path, "it"
+        )
+    with pytest.raises(ConfigError, match=r"differing: \['cap_per_subset', 'targets'\]"):
+        check_split_settings(
+            {"config": {"split": older}}, SplitConfig(targets=["02"], cap_per_subset=5), tmp_path, "it"
+        )

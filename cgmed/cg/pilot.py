@@ -29,7 +29,15 @@ from typing import Any
 import numpy as np
 
 from cgmed.cg.config import CGConfig, Pilot
-from cgmed.cg.protocol import _barrier, _is_main, base_model, eval_stage, open_data, train_stage
+from cgmed.cg.protocol import (
+    _barrier,
+    _is_main,
+    base_model,
+    check_split_settings,
+    eval_stage,
+    open_data,
+    train_stage,
+)
 from cgmed.config import as_dict
 from cgmed.data.audit import audit_split
 from cgmed.data.build import build_split, write_split
@@ -90,12 +98,7 @@ def _build(name: str, cfg: SplitConfig, data: DataConfig, source: Any, out: Path
         )
     _barrier()
     meta = json.loads((d / "split_meta.json").read_text())
-    if meta["config"].get("split") != as_dict(cfg):
-        raise ConfigError(
-            "split",
-            f"{d} was built with other split settings; the pilot's models and evaluations belong to those",
-            "run in a new directory (hydra.run.dir=...), or delete it to redo the pilot",
-        )
+    check_split_settings(meta, cfg, d, "the pilot/ folder")
     return meta
 
 

@@ -137,17 +137,25 @@ def build_splits(plan: Plan, data: DataConfig, source: Any, out: Path) -> dict[s
             )
         _barrier()
         metas[kind] = json.loads((d / "split_meta.json").read_text())
-        recorded = metas[kind]["config"].get("split")
-        if recorded != as_dict(cfg):
-            # every later stage (models, evaluations) of this target was made from that split
-            changed = sorted(k for k in as_dict(cfg) if (recorded or {}).get(k) != as_dict(cfg)[k])
-            raise ConfigError(
-                "split",
-                f"{d} was built with other split settings (differing: {changed}); its trained models and "
-                "evaluations belong to those",
-                "run in a new directory (hydra.run.dir=...), or delete that target's folder to redo it",
-            )
+        check_split_settings(metas[kind], cfg, d, "that target's folder")
     return metas
+
+
+def check_split_settings(meta: dict, cfg: SplitConfig, where: Path, folder: str) -> None:
+    """Refuse to reuse a split built with other settings: every later stage (models, evaluations)
+    was made from it. A key the recorded config lacks (written by an older cgmed) counts as its
+    default."""
+    now = as_dict(cfg)
+    recorded = meta.get("config", {}).get("split") or {}
+    defaults = as_dict(SplitConfig())
+    changed = sorted(k for k in now if recorded.get(k, defaults.get(k)) != now[k])
+    if changed:
+        raise ConfigError(
+            "split",
+            f"{where} was built with other split settings (differing: {changed}); the models and evaluations "
+            "made from it belong to those",
+            f"run in a new directory (hydra.run.dir=...), or delete {folder} to redo it",
+        )
 
 
 def _free() -> None:
