@@ -1537,6 +1537,10 @@ INFERRED, since its Trained value 28 equals the CG 0-shot 28.00. The split sets 
 split.shots_per_label = max(cg.few_shot.shots) examples per label (never trained on; audited against
 the test images); each question gets its own draw (eval.shot_seed = draw index); the report gives
 mean and population SD (ddof = 0, as the paper's +- appear to be) per n.
+AMBIGUOUS: LLaVA-1.5-7B has 4,096 positions and spends 576 tokens per image; with 3 labels, 2 shots
+per label already make 7 images (4,032 image tokens), 4 shots 13. The paper does not say how its
+prompts fit; cgmed refuses a prompt beyond the model's positions (an error naming eval.shots) rather
+than scoring it past the trained length. Lower cg.few_shot.shots, or run it on a longer-context model.
 Paper, mean +- SD over 3 draws:
   LLaVA       0-shot 30.00 | 2-shot 28.83 +- 0.85 | 3-shot 29.33 +- 1.25 | 4-shot 29.83 +- 1.31
   LLaVA + CG  0-shot 28.00 | 2-shot 28.67 +- 0.94 | 3-shot 37.00 +- 0.82 | 4-shot 36.67 +- 0.47

@@ -95,8 +95,36 @@ def test_split_on_derived_subsets_and_the_audit(small_release):
     shown = data_cfg(small_release, keep_derived_sources=True)
     src2 = open_source(shown, small_release)
     assert "28" in src2.subsets()
-    with pytest.raises(LeakageError, match="28-train-0: subset 28 is the source of derived target 28p"):
+    with pytest.raises(LeakageError, match=r"28-train-\d+: subset 28 holds 20 records of target 28p"):
         build_split(src2, shown, SplitConfig(targets=["28p"], train=["28"], cap_per_subset=100))
+    # the other way round: the parent as target, a child (its own records under a new triplet) in training
+    with pytest.raises(LeakageError, match="subset 28p holds 20 records of target 28"):
+        build_split(src2, shown, SplitConfig(targets=["28"], train=["28p", "03"], cap_per_subset=100))
+
+
+def test_siblings_sharing_records_are_refused(small_release):
+    # both keep every Normal image (no share): the X-ray Pneumonia half would train on X-ray COVID's Normals
+    overlapping = [
+        {"id": "28c", "source": "28", "task": "COVID", "labels": ["COVID", "Normal"]},
+        {"id": "28p", "source": "28", "task": "Pneumonia", "labels": ["Normal", "Pneumonia"]},
+    ]
+    data = data_cfg(small_release, overlapping)
+    src = open_source(data, small_release)
+    with pytest.raises(LeakageError, match="subset 28p holds 13 records of target 28c"):
+        build_split(src, data, SplitConfig(targets=["28c"], train=["28p"], cap_per_subset=100))
+    # with disjoint halves (Table 8) the same selection passes
+    ok = data_cfg(small_release)
+    assert build_split(
+        open_source(ok, small_release), ok, SplitConfig(targets=["28c"], train=["28p"])
+    ).audit.passed
+
+
+def test_ids_are_normalised_and_recorded(small_release):
+    derived = [{"id": 9, "source": 3, "task": "COVID", "labels": ["COVID"]}]
+    src = open_source(data_cfg(small_release, derived), small_release)
+    info = src.subsets()["09"]  # 9 -> "09", as targets and rules spell ids
+    assert info.derived_from == "03" and info.to_json()["derived_from"] == "03"
+    assert "03" not in src.subsets()
 
 
 def test_source_dataset_filter(small_release):

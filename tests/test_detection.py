@@ -406,3 +406,15 @@ def test_tiny_model_learns_the_box_format(world, tiny, tmp_path):
     preds = [json.loads(x) for x in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
     parsed = sum(parse_box(p["text"]) is not None for p in preds)
     assert parsed >= 0.75 * len(preds), [p["text"] for p in preds]
+
+
+def test_few_shot_is_refused_for_a_det_target(world):
+    from cgmed.cg.config import FewShot
+    from cgmed.cg.protocol import plan_targets
+
+    _, data, root = world
+    target = CGTarget(target="06", related=[{"modality": "CT", "area": "Lung", "task": "Det"}])
+    cg = CGConfig(targets=[target], few_shot=FewShot())
+    with pytest.raises(ConfigError, match="(?s)cg.few_shot.*06 \\(MRI Lung Det\\) is a detection subset"):
+        plan_targets(cg, SplitConfig(), MedMatSource(data, root))
+    assert plan_targets(CGConfig(targets=[target]), SplitConfig(), MedMatSource(data, root))  # fine without

@@ -80,6 +80,14 @@ def test_split_sets_aside_shots_from_the_target_training_portion(source, tmp_pat
     assert plain.shots == [] and [s.id for s in plain.train] == [s.id for s in built.train]
     meta0 = write_split(plain, tmp_path / "c", {"split": {}}, src)
     assert "shots" not in meta0["sizes"] and not (tmp_path / "c" / "shots.jsonl").exists()
+    # rebuilding into a folder that held a pool removes it: no stale examples next to new manifests
+    write_split(plain, tmp_path / "a", {"split": {}}, src)
+    assert not (tmp_path / "a" / "shots.jsonl").exists()
+    # asked for but nothing drawn: an empty pool, so the evaluator names the shortage, not a missing file
+    write_split(plain, tmp_path / "a", {"split": {"shots_per_label": 2}}, src)
+    assert (tmp_path / "a" / "shots.jsonl").read_text() == ""
+    with pytest.raises(DataError, match="holds no in-context examples"):
+        ShotPool(tmp_path / "a" / "shots.jsonl", 1)
 
 
 def test_audit_stops_a_shot_showing_a_test_image(source):
@@ -91,9 +99,30 @@ def test_audit_stops_a_shot_showing_a_test_image(source):
     targets = [src.subsets()[t] for t in built.targets]
     with pytest.raises(LeakageError, match="in-context example image .* same bytes as target test sample"):
         audit_split(built.train, built.test, targets, shots=[leaked, *built.shots[1:]])
-    stranger = dataclasses.replace(built.train[0])
-    with pytest.raises(LeakageError, match="not from a target's training portion"):
-        audit_split(built.train, built.test, targets, shots=[stranger])
+    for stranger in (
+        built.train[0],  # another subset's sample
+        built.test[0],  # a target test question
+        dataclasses.replace(built.shots[0], id="x-test-1", source_split="test"),  # the target's test portion
+    ):
+        with pytest.raises(LeakageError, match="not from a target's training portion"):
+            audit_split(built.train, built.test, targets, shots=[stranger])
+    with pytest.raises(LeakageError, match="in-context example is also a training sample"):
+        audit_split(
+            [*built.train, built.shots[0]],
+            built.test,
+            targets,
+            shots=built.shots,
+            allowed_target_train=frozenset({built.shots[0].id}),
+        )
+
+
+def test_shots_never_overlap_the_targets_own_training_samples(source):
+    data, src = source
+    # 12 of the target's 16 training samples per label are trained on; the examples come from the rest
+    built = build_split(src, data, split_cfg(shots_per_label=3, target_train_samples=24))
+    (tid,) = built.targets
+    own = {s.id for s in built.train if s.subset == tid}
+    assert len(own) == 24 and len(built.shots) == 6 and not own & {s.id for s in built.shots}
 
 
 @pytest.fixture(scope="module")
@@ -156,6 +185,15 @@ def test_pool_errors_name_the_fix(split_dir, tmp_path):
         EvalConfig(shots=-1)
     with pytest.raises(ConfigError, match="cg.few_shot.shots"):
         FewShot(shots=[0])
+    with pytest.raises(ConfigError, match="eval.shot_pool.*does not exist"):
+        ShotPool(tmp_path / "missing.jsonl", 1)
+    # a label the questions ask about but the pool lacks
+    pool_rows = [json.loads(x) for x in (split_dir / "shots.jsonl").read_text().splitlines()]
+    keep = pool_rows[0]["label"]
+    partial = tmp_path / "partial.jsonl"
+    partial.write_text("".join(json.dumps(r) + "\n" for r in pool_rows if r["label"] == keep))
+    with pytest.raises(DataError, match="holds no example of label"):
+        ShotPool(partial, 1).check(tests)
 
 
 @pytest.mark.parametrize("family", ["qwen2_vl", "llava", "mllama"])
@@ -164,10 +202,10 @@ def test_each_family_prompt_holds_the_examples_in_order(family, tiny_model_dir):
 
     adapter = get_adapter(family)
     processor = AutoProcessor.from_pretrained(tiny_model_dir(family))
-    shots = [("Q one? A: x B: y", "A"), ("Q two? A: x B: y", "B")]
+    shots = [("Q one?", "ANSWER_ONE"), ("Q two?", "ANSWER_TWO")]
     text = adapter.render(processor, "Final question?", shots=shots)
     assert text.count(adapter.image_token) == 3
-    pos = [text.index(s) for s in ("Q one?", "A", "Q two?", "Final question?")]
+    pos = [text.index(s) for s in ("Q one?", "ANSWER_ONE", "Q two?", "ANSWER_TWO", "Final question?")]
     assert pos == sorted(pos)
     assert text.endswith(adapter.render(processor, "Final question?")[-12:])  # ends at the generation prompt
     assert adapter.render(processor, "Final question?", shots=()) == adapter.render(
@@ -254,7 +292,7 @@ def test_protocol_reports_few_shot_table(tmp_path):
     assert split["sizes"]["shots"] == 4 and split["config"]["split"]["shots_per_label"] == 2
     # the same run directory with other split settings is refused, naming the difference
     cg2 = dataclasses.replace(cg, few_shot=FewShot(shots=[3], repeats=1))
-    with pytest.raises(ConfigError, match=r"other split settings \(differing: \['shots_per_label'\]\)"):
+    with pytest.raises(ConfigError, match=r"other settings \(differing: \['split.shots_per_label'\]\)"):
         run_protocol(cg2, *args, tmp_path / "run")
     shutil.rmtree(tmp_path / "cache")
 
@@ -284,18 +322,43 @@ def test_the_model_sees_every_example_image(family, split_dir, tiny_model_dir):
     assert not torch.allclose(a, b)  # the examples reach the answer position
 
 
+def test_prompts_beyond_the_models_positions_are_refused(split_dir, tiny_model_dir):
+    from cgmed.eval.score import Scorer, load_for_eval
+
+    model, processor, adapter = load_for_eval(tiny_model_dir("llava"))
+    scorer = Scorer(model, processor, adapter, "option_scoring")
+    rec = read_manifest(split_dir / "test.jsonl")[0]
+    shots = [ShotPool(split_dir / "shots.jsonl", 3).draw(rec, 0)]
+    length = scorer._inputs([rec["question"]], [rec["image"]], shots)["input_ids"].shape[1]
+    model.config.text_config.max_position_embeddings = length  # + max_new_tokens no longer fits
+    with pytest.raises(
+        ConfigError, match=f"eval.shots.*{length} tokens.*beyond the model's {length} positions"
+    ):
+        scorer._inputs([rec["question"]], [rec["image"]], shots)
+    scorer._inputs([rec["question"]], [rec["image"]])  # the zero-shot prompt still fits
+
+
+def test_cg_refuses_global_shots_and_detection_targets(tmp_path):
+    from cgmed.cg.protocol import refuse_global_shots
+
+    with pytest.raises(ConfigError, match="(?s)eval.shots.*cg.few_shot"):
+        refuse_global_shots(EvalConfig(shots=2, shot_pool="x.jsonl"))
+    refuse_global_shots(EvalConfig())
+
+
 def test_split_settings_check_reads_older_metas_with_defaults(tmp_path):
     from cgmed.cg.protocol import check_split_settings
     from cgmed.config import as_dict
 
     older = as_dict(SplitConfig(targets=["01"]))
     del older["shots_per_label"]  # a split_meta.json written before the key existed
-    check_split_settings({"config": {"split": older}}, SplitConfig(targets=["01"]), tmp_path, "it")
-    with pytest.raises(ConfigError, match=r"differing: \['shots_per_label'\]"):
-        check_split_settings(
-            {"config": {"split": older}}, SplitConfig(targets=["01"], shots_per_label=2), tmp_path, "it"
-        )
-    with pytest.raises(ConfigError, match=r"differing: \['cap_per_subset', 'targets'\]"):
-        check_split_settings(
-            {"config": {"split": older}}, SplitConfig(targets=["02"], cap_per_subset=5), tmp_path, "it"
-        )
+    meta = {"config": {"split": older, "data": as_dict(DataConfig(root="/old/place"))}}
+    data = DataConfig(root="/new/place")  # the data moved: same records
+    check_split_settings(meta, SplitConfig(targets=["01"]), data, tmp_path, "it")
+    check_split_settings(meta, SplitConfig(targets=["01"], audit_images=False), data, tmp_path, "it")
+    with pytest.raises(ConfigError, match=r"differing: \['split.shots_per_label'\]"):
+        check_split_settings(meta, SplitConfig(targets=["01"], shots_per_label=2), data, tmp_path, "it")
+    with pytest.raises(ConfigError, match=r"differing: \['split.targets', 'split.cap_per_subset'\]"):
+        check_split_settings(meta, SplitConfig(targets=["02"], cap_per_subset=5), data, tmp_path, "it")
+    with pytest.raises(ConfigError, match=r"differing: \['data.split_seed'\]"):
+        check_split_settings(meta, SplitConfig(targets=["01"]), DataConfig(split_seed=3), tmp_path, "it")

@@ -120,7 +120,7 @@ def test_rerun_skips_finished_stages(pilot_run, standin):
     again = run_groups(groups(standin), run)
     assert {p: p.stat().st_mtime_ns for p in watched} == before
     assert again["table1_id"] == doc["table1_id"]
-    with pytest.raises(ConfigError, match="other split settings"):
+    with pytest.raises(ConfigError, match="other settings"):
         g = groups(standin)
         g["split"] = SplitConfig(cap_per_subset=6, options=g["split"].options)
         run_groups(g, run, dry_run=True)

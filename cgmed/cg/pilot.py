@@ -36,6 +36,7 @@ from cgmed.cg.protocol import (
     check_split_settings,
     eval_stage,
     open_data,
+    refuse_global_shots,
     train_stage,
 )
 from cgmed.config import as_dict
@@ -44,7 +45,7 @@ from cgmed.data.build import build_split, write_split
 from cgmed.data.record import Sample
 from cgmed.data.source import DataConfig
 from cgmed.data.split import SplitConfig
-from cgmed.errors import ConfigError
+from cgmed.errors import ConfigError, DataError
 from cgmed.eval.score import EvalConfig
 from cgmed.train.config import DistributedConfig, ModelConfig, PeftConfig, TrainConfig
 
@@ -98,7 +99,7 @@ def _build(name: str, cfg: SplitConfig, data: DataConfig, source: Any, out: Path
         )
     _barrier()
     meta = json.loads((d / "split_meta.json").read_text())
-    check_split_settings(meta, cfg, d, "the pilot/ folder")
+    check_split_settings(meta, cfg, data, d, "the pilot/ folder")
     return meta
 
 
@@ -137,10 +138,18 @@ def run_pilot(
     """Tables 1-2: Baseline, Single-task and Multi-task accuracy per subset (see module docstring)."""
     pilot = cg.pilot
     assert pilot is not None
+    refuse_global_shots(eval_cfg)
     source = open_data(data, synth, dist)
     plan = plan_pilot(pilot, split, source)
     out = run_dir / "pilot"
     metas = {name: _build(name, cfg, data, source, out) for name, cfg in plan.splits.items()}
+    untested = [sid for sid in plan.trained if not metas["multi"]["counts"]["seen_test"].get(sid)]
+    if untested:
+        raise DataError(
+            "cg.pilot",
+            f"subset(s) {untested} have no test samples, so Table 1 has nothing to score them on",
+            "add their test files, or leave them out with cg.pilot.subsets",
+        )
     audit = ood_image_audit(out, split.audit_images) if "ood" in metas else None
     if dry_run:
         if _is_main():

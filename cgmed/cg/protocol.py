@@ -92,6 +92,13 @@ def plan_targets(cg: CGConfig, split: SplitConfig, source: Any) -> list[Plan]:
                 shots_per_label=0,
             )
         name = target_name(spec, subsets[tid])
+        if cg.few_shot and subsets[tid].task == "Det":
+            raise ConfigError(
+                "cg.few_shot",
+                f"target {subsets[tid].describe()} is a detection subset; few-shot prompting covers "
+                "multiple-choice targets",
+                "run detection targets in a config without cg.few_shot",
+            )
         if subsets[tid].task == "Det":
             # Rules train only on split.train_status (default ID/OOD); a detection target then
             # learns boxes only from Det subsets listed in cg.targets[].related (as Table 5 does).
@@ -137,23 +144,43 @@ def build_splits(plan: Plan, data: DataConfig, source: Any, out: Path) -> dict[s
             )
         _barrier()
         metas[kind] = json.loads((d / "split_meta.json").read_text())
-        check_split_settings(metas[kind], cfg, d, "that target's folder")
+        check_split_settings(metas[kind], cfg, data, d, "that target's folder")
     return metas
 
 
-def check_split_settings(meta: dict, cfg: SplitConfig, where: Path, folder: str) -> None:
+# data settings that change which records a split holds (roots and caches may move)
+SPLIT_DATA_KEYS = (
+    "format",
+    "files",
+    "test_fraction",
+    "split_seed",
+    "extra_elements",
+    "task_merge",
+    "derived",
+    "keep_derived_sources",
+)
+CHECK_ONLY_SPLIT_KEYS = ("audit_images",)  # switch a check, change no sample
+
+
+def check_split_settings(meta: dict, cfg: SplitConfig, data: DataConfig, where: Path, folder: str) -> None:
     """Refuse to reuse a split built with other settings: every later stage (models, evaluations)
     was made from it. A key the recorded config lacks (written by an older cgmed) counts as its
     default."""
-    now = as_dict(cfg)
-    recorded = meta.get("config", {}).get("split") or {}
-    defaults = as_dict(SplitConfig())
-    changed = sorted(k for k in now if recorded.get(k, defaults.get(k)) != now[k])
+    recorded = meta.get("config", {})
+    changed = []
+    for group, now, defaults, keys in (
+        ("split", as_dict(cfg), as_dict(SplitConfig()), None),
+        ("data", as_dict(data), as_dict(DataConfig()), SPLIT_DATA_KEYS),
+    ):
+        old = recorded.get(group) or {}
+        for k in keys or [k for k in now if k not in CHECK_ONLY_SPLIT_KEYS]:
+            if old.get(k, defaults.get(k)) != now[k]:
+                changed.append(f"{group}.{k}")
     if changed:
         raise ConfigError(
             "split",
-            f"{where} was built with other split settings (differing: {changed}); the models and evaluations "
-            "made from it belong to those",
+            f"{where} was built with other settings (differing: {changed}); the models and evaluations made "
+            "from it belong to those",
             f"run in a new directory (hydra.run.dir=...), or delete {folder} to redo it",
         )
 
@@ -250,6 +277,7 @@ def run_protocol(
     """The whole protocol; returns the report document (and writes it unless ``dry_run``)."""
     from cgmed.cg.report import print_plan, write_report
 
+    refuse_global_shots(eval_cfg)
     source = open_data(data, synth, dist)
     plans = plan_targets(cg, split, source)
     if not dry_run:
@@ -319,6 +347,17 @@ def run_groups(groups: dict[str, Any], run_dir: Path, dry_run: bool = False) -> 
     else:
         runner = run_protocol
     return runner(*(groups[k] for k in GROUP_ORDER), run_dir, dry_run=dry_run)
+
+
+def refuse_global_shots(eval_cfg: EvalConfig) -> None:
+    """Baseline / Trained / seen evaluations are zero-shot by definition; few-shot arms come from
+    cg.few_shot, with each target's own pool."""
+    if eval_cfg.shots or eval_cfg.shot_pool:
+        raise ConfigError(
+            "eval.shots",
+            "applies to cgmed-eval runs; in cgmed-cg it would turn every arm (and the 0-shot column) few-shot",
+            "set cg.few_shot={shots: [2, 3, 4], repeats: 3} instead",
+        )
 
 
 def open_data(data: DataConfig, synth: Any, dist: DistributedConfig) -> Any:

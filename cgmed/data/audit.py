@@ -9,7 +9,7 @@ whatever subset or path they came through.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +56,7 @@ def audit_split(
     max_listed: int = 20,
     allowed_target_train: frozenset[str] = frozenset(),
     shots: Sequence[Sample] = (),
+    shared_records: Mapping[str, tuple[str, int]] | None = None,
 ) -> AuditReport:
     """Check a built split; returns the report or raises LeakageError listing offenders.
 
@@ -64,20 +65,24 @@ def audit_split(
     the image check: a target test image reaching training is leakage whatever the route.
     ``shots`` (in-context examples, never trained on) must come from a target's training portion
     and must not show a target test image: a question answered next to its own image is leakage too.
+    ``shared_records`` maps a training subset to (target, count) when it holds that target's own
+    records (derived subsets cut from the same parent; see ``cgmed.data.build.record_overlaps``).
     """
     targets = list(targets)
     target_ids = {t.id: t for t in targets}
     target_triplets = {t.triplet: t for t in targets}
-    parents = {t.derived_from: t.id for t in targets if getattr(t, "derived_from", None)}
+    shared_records = shared_records or {}
     violations: list[str] = []
     for s in train:
         if s.id in allowed_target_train:
             continue
         if s.subset in target_ids:
             violations.append(f"{s.id}: subset {s.subset} is a held-out target")
-        elif s.subset in parents:
+        elif s.subset in shared_records:
+            t, n = shared_records[s.subset]
             violations.append(
-                f"{s.id}: subset {s.subset} is the source of derived target {parents[s.subset]} (it holds its samples)"
+                f"{s.id}: subset {s.subset} holds {n} records of target {t} (both are cut from the same "
+                "records; see data.derived)"
             )
         elif (s.modality, s.area, s.task) in target_triplets:
             t = target_triplets[(s.modality, s.area, s.task)]
@@ -86,9 +91,12 @@ def audit_split(
                 f"target {t.id}"
             )
     test_ids = {s.id for s in target_test}
+    train_ids = {s.id for s in train}
     for s in shots:
-        if s.subset not in target_ids or s.id in test_ids:
+        if s.subset not in target_ids or s.id in test_ids or s.source_split != "train":
             violations.append(f"{s.id}: in-context example not from a target's training portion")
+        elif s.id in train_ids:
+            violations.append(f"{s.id}: in-context example is also a training sample")
     checks = {"train_samples": len(train), "target_test_samples": len(target_test), "image_hashes": 0}
     if shots:
         checks["shot_examples"] = len(shots)

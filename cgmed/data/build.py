@@ -83,11 +83,49 @@ def sample_train(source: Source, idx: SubsetIndex, quota: int, seed: int, bad: B
 
 
 def sample_shots(
-    source: Source, idx: SubsetIndex, per_label: int, seed: int, bad: BadSamples
+    source: Source,
+    idx: SubsetIndex,
+    per_label: int,
+    seed: int,
+    bad: BadSamples,
+    exclude: frozenset[str] = frozenset(),
 ) -> list[Sample]:
-    """Up to ``per_label`` samples of each label of a subset's training portion (in-context examples)."""
-    groups = _by_label(idx, "train", seed, "shots")
-    return [s for positions in groups.values() for s in _take(source, idx, positions, per_label, bad)]
+    """Up to ``per_label`` samples of each label of a subset's training portion (in-context
+    examples), none of the ``exclude`` ids (samples already trained on)."""
+    out: list[Sample] = []
+    for positions in _by_label(idx, "train", seed, "shots").values():
+        got: list[Sample] = []
+        start = 0
+        while len(got) < per_label and start < len(positions):
+            batch = positions[start : start + per_label - len(got)]
+            start += len(batch)
+            got += [s for s in _take(source, idx, batch, len(batch), bad) if s.id not in exclude]
+        out += got
+    return out
+
+
+def record_overlaps(
+    indexes: Mapping[str, SubsetIndex], targets: list[str], train_ids: list[str]
+) -> dict[str, tuple[str, int]]:
+    """Training subsets that hold records of a target: derived subsets cut from the same parent
+    records (a parent and its child, or siblings whose shares overlap). Only subsets with a common
+    root are compared, so plain releases cost nothing."""
+
+    def root(sid: str) -> str:
+        return indexes[sid].info.derived_from or sid
+
+    def records(sid: str) -> set[tuple[str, int]]:
+        idx = indexes[sid]
+        return {(str(idx.files[idx.file_id[p]]), idx.offset[p]) for p in range(len(idx))}
+
+    out: dict[str, tuple[str, int]] = {}
+    for t in targets:
+        for sid in train_ids:
+            if sid != t and sid not in out and root(sid) == root(t):
+                shared = len(records(sid) & records(t))
+                if shared:
+                    out[sid] = (t, shared)
+    return out
 
 
 def sample_balanced_test(
@@ -219,7 +257,8 @@ def build_split(source: Source, data_cfg: DataConfig, cfg: SplitConfig) -> Built
         test += got
     shots: list[Sample] = []
     for sid in targets if cfg.shots_per_label else ():
-        shots += sample_shots(source, indexes[sid], cfg.shots_per_label, cfg.seed, bad)
+        # never an example the model trains on (split.target_train_samples draws from the same portion)
+        shots += sample_shots(source, indexes[sid], cfg.shots_per_label, cfg.seed, bad, exclude=allowed)
     if cfg.shots_per_label:
         notes.append(f"{len(shots)} in-context examples of the targets' training portion in shots.jsonl")
     seen: list[Sample] = []
@@ -240,6 +279,7 @@ def build_split(source: Source, data_cfg: DataConfig, cfg: SplitConfig) -> Built
         check_images=cfg.audit_images,
         allowed_target_train=allowed,
         shots=shots,
+        shared_records=record_overlaps(indexes, targets, train_ids),
     )
     return BuiltSplit(
         _sort(train), _sort(test), _sort(seen), targets, train_ids, report, bad, notes, _sort(shots)
@@ -268,7 +308,12 @@ def write_split(
     out.mkdir(parents=True, exist_ok=True)
     digests = {}
     content = hashlib.sha256()
-    names = [n for n in MANIFESTS if n not in OPTIONAL_MANIFESTS or getattr(built, n)]
+    split_cfg = config.get("split")
+    asked = bool(split_cfg.get("shots_per_label")) if isinstance(split_cfg, Mapping) else False
+    names = [n for n in MANIFESTS if n not in OPTIONAL_MANIFESTS or getattr(built, n) or asked]
+    for n in OPTIONAL_MANIFESTS:
+        if n not in names:
+            (out / f"{n}.jsonl").unlink(missing_ok=True)  # a rebuild must not leave an older pool behind
     for name in names:
         samples = getattr(built, name)
         blob = "".join(json.dumps(s.to_json(), ensure_ascii=False) + "\n" for s in samples).encode("utf-8")

@@ -13,16 +13,19 @@ leakage audit refuses a parent's samples next to a derived target whatever the s
 
 Indexes are filtered copies of the parent's (same files and byte offsets), so memory stays
 at ~15 bytes per record and records are read only when picked. Shares are exact: a label's
-samples of each split are put in a seeded order and cut into ``parts`` equal runs.
+samples of each split are put in a seeded order and cut into ``parts`` equal runs. Siblings
+with different label or ``data_no`` filters may overlap; the leakage audit compares the records
+of subsets cut from one parent and refuses a training subset holding a target's records.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 
 from cgmed.data.record import Sample, rng_for
 from cgmed.data.source import BadSamples, Source, SubsetIndex
-from cgmed.data.subsets import DerivedSubset, SubsetInfo
+from cgmed.data.subsets import DerivedSubset, SubsetInfo, normalize_subset_id
 from cgmed.errors import ConfigError
 
 
@@ -37,6 +40,8 @@ class DerivedSource(Source):
         self.infos: dict[str, SubsetInfo] = {}
         for i, d in enumerate(derived):
             key = f"data.derived[{i}]"
+            # ids as the rest of cgmed spells them (3 -> '03'), so targets and rules can name them
+            d = dataclasses.replace(d, id=normalize_subset_id(d.id), source=normalize_subset_id(d.source))
             parent = parents.get(d.source)
             if parent is None:
                 raise ConfigError(
@@ -58,7 +63,7 @@ class DerivedSource(Source):
                 status=parent.status,
                 derived_from=parent.id,
             )
-        self.hidden = set() if keep_sources else {d.source for d in derived}
+        self.hidden = set() if keep_sources else {d.source for d in self.specs.values()}
 
     def subsets(self) -> dict[str, SubsetInfo]:
         out = {k: v for k, v in self.base.subsets().items() if k not in self.hidden}

@@ -522,9 +522,10 @@ class ConversationSource(Source):
 
     Each record: ``image`` (relative to data.root), ``modality``, ``area``, ``task``,
     ``conversations`` ([{"from": "human", "value": "<image>\\n..."}, {"from": "gpt", "value": ...}])
-    and optionally ``id``, ``subset``, ``split`` (train|test) and ``label``. A human turn that lists
-    options (``A: x`` lines) is used as is, with the gpt answer a letter or an option's text; one
-    without options is label-only, and the split builder writes its multiple-choice question.
+    and optionally ``id``, ``subset``, ``split`` (train|test), ``label`` and ``data_no`` (the source
+    dataset). A human turn that lists options (``A: x`` lines) is used as is, with the gpt answer
+    a letter or an option's text; one without options is label-only, and the split builder writes
+    its multiple-choice question.
 
     Box records (task ``Det``, no options): the gpt answer is a box ``{<x1><y1><x2><y2>}`` on the
     0-100 grid (MiniGPT-v2's format) and/or the record has ``bbox: [x1, y1, x2, y2]`` (they must
@@ -611,6 +612,10 @@ class ConversationSource(Source):
             "split": split,
             "id": str(obj.get("id", "")),
             "box": box,
+            # the source dataset, as Med-MAT's data-no (data.derived[].data_no filters on it)
+            "data_no": None
+            if obj.get("data_no", obj.get("data-no")) is None
+            else str(obj.get("data_no", obj.get("data-no"))),
         }
 
     @staticmethod
@@ -700,6 +705,7 @@ class ConversationSource(Source):
                     options=rec["options"],
                     answer=rec["answer"],
                     source_split="test" if index.is_test[p] else "train",
+                    data_no=rec["data_no"],
                     box=rec["box"],
                 ),
             )

@@ -41,6 +41,7 @@ class SubsetInfo:
             "task": self.task,
             "name": self.name,
             "status": self.status,
+            **({"derived_from": self.derived_from} if self.derived_from else {}),
         }
 
     def describe(self) -> str:

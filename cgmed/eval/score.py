@@ -181,7 +181,19 @@ class ShotPool:
 
     def __init__(self, path: str | Path, per_label: int):
         self.path, self.per_label = str(path), per_label
+        if not Path(path).is_file():
+            raise ConfigError(
+                "eval.shot_pool",
+                f"{path} does not exist",
+                "point it at a split's shots.jsonl (built with split.shots_per_label >= eval.shots)",
+            )
         self.by_subset: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        if not Path(path).read_text(encoding="utf-8").strip():
+            raise DataError(
+                self.path,
+                "holds no in-context examples (the targets' training portions gave none)",
+                "check split_meta.json's counts, or evaluate without shots",
+            )
         for r in read_manifest(path):
             if is_detection(r):
                 raise DataError(
@@ -202,12 +214,20 @@ class ShotPool:
             labels = self.by_subset.get(subset)
             if not labels:
                 raise DataError(self.path, f"holds no example of subset {subset}", fix)
+            asked = {r.get("label") for r in records if r["subset"] == subset} - {None}
+            if asked - set(labels):
+                raise DataError(
+                    self.path,
+                    f"holds no example of label(s) {sorted(asked - set(labels))} of subset {subset}, which its "
+                    "questions ask about",
+                    "the subset's training portion lacks them: add training data, or evaluate without shots",
+                )
             short = {lab: len(v) for lab, v in labels.items() if len(v) < self.per_label}
             if short:
                 raise DataError(
                     self.path,
                     f"subset {subset} needs {self.per_label} examples per label, but has {short}",
-                    fix,
+                    fix + " (a label with fewer training samples than eval.shots cannot give that many)",
                 )
 
     def draw(self, record: dict[str, Any], seed: int) -> list[Shot]:
@@ -307,8 +327,32 @@ class Scorer:
             )
         finally:
             self.tok.padding_side = side
+        self._check_length(enc["input_ids"].shape[1], any(shots))
         device = next(self.model.parameters()).device
         return {k: v.to(device) for k, v in enc.items() if hasattr(v, "to")}
+
+    def _check_length(self, length: int, with_shots: bool) -> None:
+        """Refuse prompts the language model has no positions for (they would be scored past its
+        trained length, silently): few-shot prompts of LLaVA-1.5 (576 tokens per image, 4,096
+        positions) reach that at 2 examples per label of a 3-label subset."""
+        config = getattr(self.model, "config", None)
+        text = getattr(config, "text_config", None) or config
+        limit = getattr(text, "max_position_embeddings", None)
+        need = length + self.max_new_tokens
+        if isinstance(limit, int) and need > limit:
+            if with_shots:
+                raise ConfigError(
+                    "eval.shots",
+                    f"a few-shot prompt takes {length} tokens (+{self.max_new_tokens} to answer), beyond the "
+                    f"model's {limit} positions",
+                    "lower eval.shots (or, for Qwen models, model.max_pixels)",
+                )
+            raise DataError(
+                "eval",
+                f"a prompt takes {length} tokens (+{self.max_new_tokens} to answer), beyond the model's "
+                f"{limit} positions",
+                "lower model.max_pixels (Qwen) or shorten the questions",
+            )
 
     def answer(
         self,
