@@ -427,3 +427,40 @@ def test_cg_protocol_under_torchrun_with_deepspeed_zero3(small_bucket_configs, t
             json.loads(x)["step"] for x in (final.parent.parent / "metrics.jsonl").read_text().splitlines()
         ]
         assert steps == [1, 2, 3]
+
+
+def test_a_failure_on_the_main_process_stops_every_rank(tmp_path):
+    """Splits are built on rank 0 only; when that fails (here: unreadable images with
+    data.on_bad_sample=fail) rank 1 must stop too, not wait at a barrier until the timeout."""
+    from cgmed.data.source import DataConfig, open_source
+    from cgmed.data.synth import SynthConfig, write_release
+
+    root = tmp_path / "world"
+    synth = SynthConfig(
+        modalities=["CT", "MRI", "X-ray"], areas=["Lung", "Brain"], images_per_subset=20, image_size=56
+    )
+    write_release(synth, root)
+    source = open_source(DataConfig(root=str(root)), root)
+    (brain,) = [s for s, i in source.subsets().items() if i.triplet == ("CT", "Brain", "Cancer")]
+    for rec in json.loads((root / "Aggregated_Subsets" / f"Subset--{brain}-train.json").read_text()):
+        (root / rec["image"]).write_bytes(b"not a png")  # a Related subset of the demo's first target
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "cgmed.cg",
+        "experiment=demo",
+        "cg.only=[ct_lung_cancer]",
+        f"data.root={root}",
+        "cg.tiny_base.image_size=56",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
+    res = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
+    assert res.returncode != 0
+    # rank 0 names the bad records; rank 1 stops with a pointer to it, both as people-facing errors
+    assert "cgmed-cg: error: data: 18 bad sample(s) (unreadable image: 18)" in res.stderr
+    assert "cgmed-cg: error: stopped on rank 1: the main process failed with DataError" in res.stderr
+    assert not (tmp_path / "run" / "ct_lung_cancer" / "seed-0").exists()

@@ -30,18 +30,17 @@ import numpy as np
 
 from cgmed.cg.config import CGConfig, Pilot
 from cgmed.cg.protocol import (
-    _barrier,
     _is_main,
     base_model,
+    build_and_write,
     check_split_settings,
     eval_stage,
+    on_main,
     open_data,
     refuse_global_shots,
     train_stage,
 )
-from cgmed.config import as_dict
 from cgmed.data.audit import audit_split
-from cgmed.data.build import build_split, write_split
 from cgmed.data.record import Sample
 from cgmed.data.source import DataConfig
 from cgmed.data.split import SplitConfig
@@ -92,12 +91,8 @@ def plan_pilot(pilot: Pilot, split: SplitConfig, source: Any) -> PilotPlan:
 
 def _build(name: str, cfg: SplitConfig, data: DataConfig, source: Any, out: Path) -> dict:
     d = out / "splits" / name
-    if not (d / "split_meta.json").is_file() and _is_main():
-        built = build_split(source, data, cfg)
-        write_split(
-            built, d, {"data": {**as_dict(data), "root": str(source.root)}, "split": as_dict(cfg)}, source
-        )
-    _barrier()
+    if not (d / "split_meta.json").is_file():
+        on_main(lambda: build_and_write(source, data, cfg, d))
     meta = json.loads((d / "split_meta.json").read_text())
     check_split_settings(meta, cfg, data, d, "the pilot/ folder")
     return meta
@@ -110,7 +105,8 @@ def _samples(path: Path) -> list[Sample]:
 def ood_image_audit(out: Path, check_images: bool) -> dict:
     """No OOD test image may be a multi-task training image (the triplet rule does not apply here)."""
     path = out / "pilot_audit.json"
-    if not path.is_file() and _is_main():
+
+    def audit() -> None:
         report = audit_split(
             _samples(out / "splits" / "multi" / "train.jsonl"),
             _samples(out / "splits" / "ood" / "test.jsonl"),
@@ -118,7 +114,9 @@ def ood_image_audit(out: Path, check_images: bool) -> dict:
             check_images=check_images,
         )
         path.write_text(json.dumps(report.to_json(), indent=1) + "\n")
-    _barrier()
+
+    if not path.is_file():
+        on_main(audit)
     return json.loads(path.read_text())
 
 
@@ -190,9 +188,7 @@ def run_pilot(
                     final, eval_cfg, splits / name / "seen_test.jsonl", s_out / name / "eval", model
                 )
         evals["seeds"][seed] = res
-    doc = write_pilot_report(plan, metas, evals, cg, out, audit) if _is_main() else {}
-    _barrier()
-    return doc
+    return on_main(lambda: write_pilot_report(plan, metas, evals, cg, out, audit)) or {}
 
 
 def _per_subset(results: dict | None, sid: str) -> float | None:

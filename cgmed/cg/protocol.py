@@ -19,19 +19,21 @@ import dataclasses
 import gc
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cgmed.cg.config import CGConfig, CGTarget
 from cgmed.config import as_dict
 from cgmed.data.build import build_split, resolve_root, write_split
 from cgmed.data.source import DataConfig, open_source
 from cgmed.data.split import SplitConfig, resolve_ids, select_train
-from cgmed.errors import ConfigError
+from cgmed.errors import CgmedError, ConfigError
 from cgmed.eval.score import EvalConfig
 from cgmed.train.config import DistributedConfig, ModelConfig, PeftConfig, TrainConfig
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclasses.dataclass
@@ -130,6 +132,35 @@ def _barrier() -> None:
     PartialState().wait_for_everyone()
 
 
+def on_main(fn: Callable[[], T]) -> T | None:
+    """Run ``fn`` on the main process while the others wait; returns its result there (None
+    elsewhere). A failure on the main process is raised on every rank: behind a bare barrier the
+    others would wait for it until the process-group timeout."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    result: T | None = None
+    failure: BaseException | None = None
+    if state.is_main_process:
+        try:
+            result = fn()
+        except Exception as err:  # re-raised below, after every rank has heard of it
+            failure = err
+    if state.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        news = [None if failure is None else type(failure).__name__]
+        broadcast_object_list(news, from_process=0)  # a collective: also the barrier
+        if news[0] is not None and failure is None:
+            raise CgmedError(
+                f"stopped on rank {state.process_index}: the main process failed with {news[0]} (its message is "
+                "printed by rank 0)"
+            )
+    if failure is not None:
+        raise failure
+    return result
+
+
 def build_splits(plan: Plan, data: DataConfig, source: Any, out: Path) -> dict[str, dict]:
     """The Related and Unrelated splits of a target (skipped when already written)."""
     metas = {}
@@ -137,12 +168,8 @@ def build_splits(plan: Plan, data: DataConfig, source: Any, out: Path) -> dict[s
         if cfg is None:
             continue
         d = out / "splits" / kind
-        if not (d / "split_meta.json").is_file() and _is_main():
-            built = build_split(source, data, cfg)
-            write_split(
-                built, d, {"data": {**as_dict(data), "root": str(source.root)}, "split": as_dict(cfg)}, source
-            )
-        _barrier()
+        if not (d / "split_meta.json").is_file():
+            on_main(lambda cfg=cfg, d=d: build_and_write(source, data, cfg, d))
         metas[kind] = json.loads((d / "split_meta.json").read_text())
         check_split_settings(metas[kind], cfg, data, d, "that target's folder")
     return metas
@@ -183,6 +210,13 @@ def check_split_settings(meta: dict, cfg: SplitConfig, data: DataConfig, where: 
             "from it belong to those",
             f"run in a new directory (hydra.run.dir=...), or delete {folder} to redo it",
         )
+
+
+def build_and_write(source: Any, data: DataConfig, cfg: SplitConfig, out: Path) -> None:
+    built = build_split(source, data, cfg)
+    write_split(
+        built, out, {"data": {**as_dict(data), "root": str(source.root)}, "split": as_dict(cfg)}, source
+    )
 
 
 def _free() -> None:
@@ -331,9 +365,7 @@ def run_protocol(
         if _is_main():
             print_plan(per_target)
         return {"dry_run": True, "targets": [e["plan"].name for e in per_target]}
-    doc = write_report(per_target, cg, run_dir, eval_cfg) if _is_main() else {}
-    _barrier()
-    return doc
+    return on_main(lambda: write_report(per_target, cg, run_dir, eval_cfg)) or {}
 
 
 GROUP_ORDER = ("cg", "data", "split", "synth", "model", "train", "peft", "distributed", "eval")
@@ -366,8 +398,7 @@ def open_data(data: DataConfig, synth: Any, dist: DistributedConfig) -> Any:
     from cgmed.train.distributed import init_process_state
 
     init_process_state(dist)  # every rank runs the driver; its barriers use the training process group
-    root = resolve_root(data, synth) if _is_main() else None
-    _barrier()
+    root = on_main(lambda: resolve_root(data, synth))
     return open_source(data, root or resolve_root(data, synth))
 
 
@@ -387,16 +418,17 @@ def _tiny_base(cg: CGConfig, run_dir: Path) -> Path:
 
     t = cg.tiny_base
     out = run_dir / "base"
-    if not (out / "config.json").is_file() and _is_main():
-        init_tiny(
-            t.family,
-            out,
-            seed=t.seed,
-            image_size=t.image_size,
-            text_hidden=t.text_hidden,
-            text_layers=t.text_layers,
-            vision_hidden=t.vision_hidden,
-            vision_layers=t.vision_layers,
+    if not (out / "config.json").is_file():
+        on_main(
+            lambda: init_tiny(
+                t.family,
+                out,
+                seed=t.seed,
+                image_size=t.image_size,
+                text_hidden=t.text_hidden,
+                text_layers=t.text_layers,
+                vision_hidden=t.vision_hidden,
+                vision_layers=t.vision_layers,
+            )
         )
-    _barrier()
     return out
