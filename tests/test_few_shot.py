@@ -84,7 +84,7 @@ def test_split_sets_aside_shots_from_the_target_training_portion(source, tmp_pat
     write_split(plain, tmp_path / "a", {"split": {}}, src)
     assert not (tmp_path / "a" / "shots.jsonl").exists()
     # asked for but nothing drawn: an empty pool, so the evaluator names the shortage, not a missing file
-    write_split(plain, tmp_path / "a", {"split": {"shots_per_label": 2}}, src)
+    write_split(dataclasses.replace(plain, asked=("shots",)), tmp_path / "a", {"split": {}}, src)
     assert (tmp_path / "a" / "shots.jsonl").read_text() == ""
     with pytest.raises(DataError, match="holds no in-context examples"):
         ShotPool(tmp_path / "a" / "shots.jsonl", 1)

@@ -49,6 +49,7 @@ class BuiltSplit:
     bad: BadSamples
     notes: list[str] = field(default_factory=list)
     shots: list[Sample] = field(default_factory=list)
+    asked: tuple[str, ...] = ()  # optional manifests the config asked for (written even when empty)
 
 
 def _take(source: Source, idx: SubsetIndex, candidates: list[int], k: int, bad: BadSamples) -> list[Sample]:
@@ -281,8 +282,9 @@ def build_split(source: Source, data_cfg: DataConfig, cfg: SplitConfig) -> Built
         shots=shots,
         shared_records=record_overlaps(indexes, targets, train_ids),
     )
+    asked = ("shots",) if cfg.shots_per_label else ()
     return BuiltSplit(
-        _sort(train), _sort(test), _sort(seen), targets, train_ids, report, bad, notes, _sort(shots)
+        _sort(train), _sort(test), _sort(seen), targets, train_ids, report, bad, notes, _sort(shots), asked
     )
 
 
@@ -308,9 +310,7 @@ def write_split(
     out.mkdir(parents=True, exist_ok=True)
     digests = {}
     content = hashlib.sha256()
-    split_cfg = config.get("split")
-    asked = bool(split_cfg.get("shots_per_label")) if isinstance(split_cfg, Mapping) else False
-    names = [n for n in MANIFESTS if n not in OPTIONAL_MANIFESTS or getattr(built, n) or asked]
+    names = [n for n in MANIFESTS if n not in OPTIONAL_MANIFESTS or n in built.asked]
     for n in OPTIONAL_MANIFESTS:
         if n not in names:
             (out / f"{n}.jsonl").unlink(missing_ok=True)  # a rebuild must not leave an older pool behind
