@@ -1,5 +1,5 @@
-# cgmed on NVIDIA GPUs: PyTorch + CUDA base, cgmed installed as `make setup` installs it
-# (editable, with the dev extras: pip install -e '.[dev]'), entry points on PATH, non-root user.
+# cgmed on NVIDIA GPUs: PyTorch + CUDA base, cgmed installed as a package (pip install '.[dev]';
+# configs and DeepSpeed JSONs are package data), entry points on PATH, non-root user.
 #
 #   docker build -t cgmed .
 #   docker run --rm --gpus all --ipc=host -v /data/Med-MAT:/data/Med-MAT:ro -v "$PWD/runs:/workspace/cgmed/runs" \
@@ -16,8 +16,7 @@ ENV PYTHONUNBUFFERED=1 \
     HF_HOME=/workspace/cache/huggingface \
     MPLCONFIGDIR=/tmp/matplotlib
 
-# A non-root user; the editable install below keeps conf/ and launch/ beside the package, where
-# cgmed finds them (it reads conf/ and launch/deepspeed/ relative to the repository root).
+# A non-root user; the repository (launch scripts, tests, benchmarks) is the working directory.
 RUN groupadd --gid 1000 cgmed \
     && useradd --uid 1000 --gid 1000 --create-home --shell /bin/bash cgmed \
     && mkdir -p /workspace/cgmed /workspace/cache \
@@ -29,7 +28,7 @@ WORKDIR /workspace/cgmed
 # then the configs, launchers, tests and benchmarks.
 COPY --chown=cgmed:cgmed pyproject.toml README.md ./
 COPY --chown=cgmed:cgmed cgmed ./cgmed
-RUN pip install --no-cache-dir -e '.[dev]' \
+RUN pip install --no-cache-dir '.[dev]' \
     && chown -R cgmed:cgmed /workspace/cgmed
 COPY --chown=cgmed:cgmed . .
 
@@ -37,6 +36,6 @@ USER 1000:1000
 RUN for tool in cgmed-data cgmed-train cgmed-eval cgmed-cg cgmed-model accelerate torchrun; do \
         command -v "$tool" >/dev/null || { echo "missing on PATH: $tool" >&2; exit 1; }; \
     done \
-    && python -c "import cgmed, cgmed.cli.hydra_app as h; assert h.CONF_DIR.is_dir(), h.CONF_DIR"
+    && python -c "from cgmed.conf import CONF_DIR; assert (CONF_DIR / 'config.yaml').is_file(), CONF_DIR"
 
 CMD ["bash"]

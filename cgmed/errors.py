@@ -31,3 +31,10 @@ class DataError(CgmedError, ValueError):
 
 class LeakageError(CgmedError):
     """Training data reaches a held-out target. Lists the offenders."""
+
+
+class BadImageError(DataError):
+    """An image file cannot be read or decoded (missing, truncated, not an image, too large).
+
+    Training and evaluation count these against ``train.max_bad_images`` instead of stopping.
+    """

@@ -1,4 +1,4 @@
-"""Write ``conf/experiment/paper/*.yaml``: the paper's experiments as ``cgmed-cg`` configs.
+"""Write ``cgmed/conf/experiment/paper/*.yaml``: the paper's experiments as ``cgmed-cg`` configs.
 
     python experiments/paper_tables.py            # (re)write the files
     python experiments/paper_tables.py --check    # exit 1 if a file differs from what this writes
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-OUT = REPO / "conf" / "experiment" / "paper"
+OUT = REPO / "cgmed" / "conf" / "experiment" / "paper"
 sys.path.insert(0, str(REPO))
 
 from cgmed.data.split import resolve_ids  # noqa: E402

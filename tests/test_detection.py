@@ -17,13 +17,13 @@ from PIL import Image
 
 from cgmed.cg.config import CGConfig, CGTarget, TinyBase
 from cgmed.cg.protocol import run_protocol
+from cgmed.data.boxes import ciou, format_box, iou, parse_box
 from cgmed.data.build import build_split, resolve_root, write_split
 from cgmed.data.source import BadSamples, DataConfig, MedMatSource
 from cgmed.data.split import SplitConfig
 from cgmed.data.synth import MEDMAT_DETECTION_LABELS, SynthConfig, detection_looks, write_release
 from cgmed.errors import ConfigError, DataError
 from cgmed.eval.metrics import results
-from cgmed.eval.parse import ciou, format_box, iou, parse_box
 from cgmed.eval.run import evaluate
 from cgmed.eval.score import EvalConfig, read_manifest
 from cgmed.train.config import DistributedConfig, ModelConfig, PeftConfig, TrainConfig

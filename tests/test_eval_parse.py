@@ -4,15 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cgmed.eval.parse import (
-    REASONS,
-    ciou,
-    format_box,
-    iou,
-    parse_box,
-    parse_choice,
-    parse_choice_detail,
-)
+from cgmed.data.boxes import ciou, format_box, iou, parse_box
+from cgmed.eval.parse import REASONS, parse_choice, parse_choice_detail
 
 OPTS = ["Tumor", "Cyst", "Stone", "Normal"]  # A..D; B is Cyst
 TWO = ["Yes", "No"]

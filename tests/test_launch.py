@@ -27,11 +27,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cgmed.conf import CONF_DIR
+
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH = REPO / "launch"
 SLURM = LAUNCH / "slurm"
 SCRIPTS = sorted([*LAUNCH.rglob("*.sh"), *LAUNCH.rglob("*.sbatch")])
-LAUNCHER_YAML = REPO / "conf" / "hydra" / "launcher" / "slurm.yaml"
+LAUNCHER_YAML = CONF_DIR / "hydra" / "launcher" / "slurm.yaml"
 JOB_ID = 4242  # fake SLURM job id; the scripts derive the rendezvous port from it
 TRAIN_TIMEOUT = 420  # seconds for the 2-node run (~60 s here; DeepSpeed may first compile its shm op)
 
@@ -504,7 +506,7 @@ def _compose(*overrides: str):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from cgmed.cli.hydra_app import CONF_DIR, register_configs
+    from cgmed.cli.hydra_app import register_configs
 
     register_configs()
     GlobalHydra.instance().clear()
@@ -554,15 +556,18 @@ def _docker_instructions() -> list[tuple[str, str]]:
     return [(ln.split(None, 1)[0].upper(), ln.split(None, 1)[1]) for ln in text.splitlines() if ln.strip()]
 
 
-def test_dockerfile_installs_the_package_as_the_makefile_does():
+def test_dockerfile_installs_the_package_with_the_makefiles_extras():
+    """The image installs cgmed as a package (not editable: configs are package data), with the
+    same extras as ``make setup``."""
     make = (REPO / "Makefile").read_text()
-    m = re.search(r"pip install .*?(-e\s+'\.\[\w+\]')", make)
-    assert m, "no editable install in the Makefile"
-    spec = m.group(1)  # -e '.[dev]'
+    m = re.search(r"pip install .*?-e\s+'\.(\[\w+\])'", make)
+    assert m, "no install of the checkout in the Makefile"
+    extras = m.group(1)  # [dev]
     runs = [args for ins, args in _docker_instructions() if ins == "RUN"]
     installs = [r for r in runs if "pip install" in r]
     assert len(installs) == 1, installs
-    assert spec in installs[0], f"the Dockerfile should install {spec} like the Makefile: {installs[0]}"
+    assert f"'.{extras}'" in installs[0], f"the Dockerfile should install '.{extras}': {installs[0]}"
+    assert " -e " not in installs[0], "the image should hold a normal install, not an editable one"
     assert "--no-cache-dir" in installs[0]
 
 
@@ -591,7 +596,7 @@ def test_dockerignore_keeps_the_sources():
         assert needed in patterns, needed
     import fnmatch
 
-    for kept in ("cgmed", "conf", "launch", "pyproject.toml", "README.md", "tests"):
+    for kept in ("cgmed", "launch", "pyproject.toml", "README.md", "tests"):
         assert not [p for p in patterns if fnmatch.fnmatch(kept, p)], kept
 
 

@@ -1,4 +1,4 @@
-"""Every paper experiment config (conf/experiment/paper/) plans cleanly on a synthetic Med-MAT stand-in.
+"""Every paper experiment config (cgmed/conf/experiment/paper/) plans cleanly on a synthetic Med-MAT stand-in.
 
 The stand-in (``synth.layout=medmat``: subsets 01-37 with their real ids, triplets and status) is
 written once; each config is composed with Hydra, pointed at it with ``data.root`` and run as a

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+from cgmed.conf import CONF_DIR, DEEPSPEED_DIR
 from cgmed.data.build import build_from_config
 from cgmed.data.source import DataConfig
 from cgmed.data.split import OptionsConfig, SplitConfig
@@ -85,7 +86,7 @@ def small_bucket_configs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("ds_configs")
     out = {}
     for stage in ("zero2", "zero3"):
-        cfg = json.loads((REPO / "launch" / "deepspeed" / f"{stage}.json").read_text())
+        cfg = json.loads((DEEPSPEED_DIR / f"{stage}.json").read_text())
         zero = cfg["zero_optimization"]
         for key in [k for k in zero if k.endswith("bucket_size")]:
             zero[key] = 5_000_000
@@ -255,9 +256,9 @@ def test_accelerate_launch_with_the_shipped_deepspeed_yaml(tiny, manifest, small
     small-bucket copy (see ``small_bucket_configs``).
     """
     text = (REPO / "launch" / "accelerate" / "deepspeed_zero2.yaml").read_text()
-    assert "launch/deepspeed/zero2.json" in text
+    assert "cgmed/conf/deepspeed/zero2.json" in text
     yaml_path = tmp_path / "zero2.yaml"
-    yaml_path.write_text(text.replace("launch/deepspeed/zero2.json", str(small_bucket_configs["zero2"])))
+    yaml_path.write_text(text.replace("cgmed/conf/deepspeed/zero2.json", str(small_bucket_configs["zero2"])))
     prefix = [
         sys.executable, "-m", "accelerate.commands.launch",
         "--config_file", str(yaml_path),
@@ -288,7 +289,7 @@ def test_fsdp2_on_cpu_processes_is_refused(tiny, manifest, tmp_path):
 # --------------------------------------------------------------------------- launch configs (fast)
 
 ACCEL = REPO / "launch" / "accelerate"
-DS_JSON = REPO / "launch" / "deepspeed"
+DS_JSON = DEEPSPEED_DIR
 
 
 @pytest.mark.parametrize("path", sorted(DS_JSON.glob("*.json")), ids=lambda p: p.name)
@@ -302,12 +303,12 @@ def test_deepspeed_json_stage_matches_its_name(path):
 
 
 @pytest.mark.parametrize(
-    "path", sorted((REPO / "conf" / "distributed").glob("deepspeed_*.yaml")), ids=lambda p: p.name
+    "path", sorted((CONF_DIR / "distributed").glob("deepspeed_*.yaml")), ids=lambda p: p.name
 )
 def test_distributed_group_points_at_the_matching_json(path):
     import yaml
 
-    target = REPO / yaml.safe_load(path.read_text())["deepspeed_config"]
+    target = CONF_DIR / yaml.safe_load(path.read_text())["deepspeed_config"]
     assert target.is_file()
     assert target.stem == path.stem.removeprefix("deepspeed_")
 
@@ -318,14 +319,14 @@ EXPECTED = {
         distributed_type="DEEPSPEED",
         env={
             "ACCELERATE_USE_DEEPSPEED": "true",
-            "ACCELERATE_DEEPSPEED_CONFIG_FILE": "launch/deepspeed/zero2.json",
+            "ACCELERATE_DEEPSPEED_CONFIG_FILE": "cgmed/conf/deepspeed/zero2.json",
         },
     ),
     "deepspeed_zero3": dict(
         distributed_type="DEEPSPEED",
         env={
             "ACCELERATE_USE_DEEPSPEED": "true",
-            "ACCELERATE_DEEPSPEED_CONFIG_FILE": "launch/deepspeed/zero3.json",
+            "ACCELERATE_DEEPSPEED_CONFIG_FILE": "cgmed/conf/deepspeed/zero3.json",
             "ACCELERATE_DEEPSPEED_ZERO3_INIT": "true",
         },
     ),

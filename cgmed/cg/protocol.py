@@ -28,6 +28,7 @@ from cgmed.config import as_dict
 from cgmed.data.build import build_split, resolve_root, write_split
 from cgmed.data.source import DataConfig, open_source
 from cgmed.data.split import SplitConfig, resolve_ids, select_train
+from cgmed.data.vocab import DETECTION_TASK
 from cgmed.errors import CgmedError, ConfigError
 from cgmed.eval.score import EvalConfig
 from cgmed.train.config import DistributedConfig, ModelConfig, PeftConfig, TrainConfig
@@ -94,14 +95,14 @@ def plan_targets(cg: CGConfig, split: SplitConfig, source: Any) -> list[Plan]:
                 shots_per_label=0,
             )
         name = target_name(spec, subsets[tid])
-        if cg.few_shot and subsets[tid].task == "Det":
+        if cg.few_shot and subsets[tid].task == DETECTION_TASK:
             raise ConfigError(
                 "cg.few_shot",
                 f"target {subsets[tid].describe()} is a detection subset; few-shot prompting covers "
                 "multiple-choice targets",
                 "run detection targets in a config without cg.few_shot",
             )
-        if subsets[tid].task == "Det":
+        if subsets[tid].task == DETECTION_TASK:
             # Rules train only on split.train_status (default ID/OOD); a detection target then
             # learns boxes only from Det subsets listed in cg.targets[].related (as Table 5 does).
             log.info("target %s is a detection subset: its arms are scored on cIoU of generated boxes", name)
@@ -115,7 +116,7 @@ def plan_targets(cg: CGConfig, split: SplitConfig, source: Any) -> list[Plan]:
             )
     if not plans:
         raise ConfigError(
-            "cg.targets", "no target to run", "list targets under cg.targets (see conf/experiment/)"
+            "cg.targets", "no target to run", "list targets under cg.targets (see cgmed/conf/experiment/)"
         )
     return plans
 

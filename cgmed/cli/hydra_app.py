@@ -1,22 +1,22 @@
-"""Shared plumbing of the Hydra command-line apps (``cgmed-data``, later train/eval).
+"""Shared plumbing of the Hydra command-line apps (``cgmed-data``, ``cgmed-train``, ``cgmed-eval``, ``cgmed-cg`` ...).
 
 Config-group defaults live in the dataclasses (``DataConfig``, ``SplitConfig`` ...); they are
-registered here as each group's ``schema`` node, and the YAML files in ``conf/`` only state
+registered here as each group's ``schema`` node, and the YAML files in ``cgmed/conf/`` only state
 what differs. ``typed_config`` turns a composed config into the dataclasses once, at start-up.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cgmed.conf import CONF_DIR
 from cgmed.config import as_dict, build_config
 from cgmed.errors import CgmedError
 
-CONF_DIR = Path(os.environ.get("CGMED_CONF_DIR", Path(__file__).resolve().parents[2] / "conf"))
+__all__ = ["CONF_DIR", "register_configs", "typed_config", "run_app", "run_subcommands", "run_dir"]
 
 
 def _schemas() -> dict[str, type]:

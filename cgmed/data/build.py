@@ -26,12 +26,12 @@ from typing import Any
 
 from cgmed.config import as_dict
 from cgmed.data.audit import AuditReport, audit_split
+from cgmed.data.boxes import format_box
 from cgmed.data.choices import format_question, instruction, make_options
 from cgmed.data.record import Sample, rng_for
 from cgmed.data.source import BadSamples, DataConfig, Source, SubsetIndex, open_source
 from cgmed.data.split import SplitConfig, balanced_quota, resolve_ids, select_train
 from cgmed.errors import ConfigError, DataError
-from cgmed.eval.parse import format_box
 
 log = logging.getLogger(__name__)
 MANIFESTS = ("train", "test", "seen_test", "shots")

@@ -26,18 +26,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from cgmed.data.boxes import check_box, format_box
 from cgmed.data.choices import LETTERS, parse_question_choice, same_label
 from cgmed.data.jsonio import iter_records, read_records_at
 from cgmed.data.record import Sample, stable_int
-from cgmed.data.subsets import MEDMAT_SUBSETS, DerivedSubset, SubsetInfo, normalize_subset_id
-from cgmed.data.vocab import DEFAULT_TASK_MERGE, Vocabulary
+from cgmed.data.subsets import CATALOG_FILE, MEDMAT_SUBSETS, DerivedSubset, SubsetInfo, normalize_subset_id
+from cgmed.data.vocab import DEFAULT_TASK_MERGE, DETECTION_TASK, Vocabulary
 from cgmed.errors import ConfigError, DataError
-from cgmed.eval.parse import format_box
 
-CATALOG_FILE = "cgmed_catalog.json"
 SPLITS = ("train", "test")
 _SUBSET_FILE = re.compile(r"^Subset-+([A-Za-z0-9_]+?)-(train|test)\.jsonl?$")
-DETECTION_TASK = "Det"
 _NUM = r"\s*<\s*(-?\d+(?:\.\d+)?)\s*>"
 # Strict on purpose (unlike cgmed.eval.parse.parse_box, which reads model output leniently):
 # a release record's box must be exactly one well-formed box.
@@ -296,17 +294,11 @@ def parse_medmat_record(obj: Any) -> tuple[str, str, list[str], str]:
 
 
 def _check_box(values: Any, field_name: str) -> list[float]:
-    """Four finite numbers in [0, 100] with x1 <= x2 and y1 <= y2, or BadSample("malformed box")."""
-    if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple)) or len(values) != 4:
-        raise BadSample("malformed box", f"{field_name} {values!r} is not 4 numbers [x1, y1, x2, y2]")
-    if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values):
-        raise BadSample("malformed box", f"{field_name} {values!r} holds a value that is not a number")
-    box = [float(v) for v in values]
-    if not all(math.isfinite(v) and 0.0 <= v <= 100.0 for v in box):
-        raise BadSample("malformed box", f"{field_name} {values!r} has a value outside the 0-100 grid")
-    if box[0] > box[2] or box[1] > box[3]:
-        raise BadSample("malformed box", f"{field_name} {values!r} has x1 > x2 or y1 > y2")
-    return box
+    """The record's box (see :func:`check_box`), or BadSample("malformed box") naming the field."""
+    try:
+        return check_box(values)
+    except ValueError as err:
+        raise BadSample("malformed box", f"{field_name} {err}") from None
 
 
 def _rounded(box: list[float]) -> list[int]:

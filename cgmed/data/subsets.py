@@ -11,6 +11,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+#: The file beside a dataset's subset files that declares the MAT triplet of non-Med-MAT subsets.
+CATALOG_FILE = "cgmed_catalog.json"
+
 
 @dataclass(frozen=True)
 class SubsetInfo:

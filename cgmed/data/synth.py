@@ -25,7 +25,7 @@ Two layouts (``synth.layout``):
   With ``synth.medmat_detection: true`` it also writes the detection subsets the paper's
   classification <-> detection experiments use (38, 39, 42, 47, 49; Tables 5/13/14), with one
   finding label each (``MEDMAT_DETECTION_LABELS``); segmentation subsets are never written.
-  Configs written for the real release (e.g. ``conf/experiment/paper/``) then run unchanged on
+  Configs written for the real release (e.g. ``cgmed/conf/experiment/paper/``) then run unchanged on
   synthetic pixels.
 
 **Detection subsets** (task tag ``Det``, e.g. ``synth.tasks: {Det: [Tumor]}``): the labels are
@@ -67,14 +67,12 @@ import numpy as np
 from PIL import Image
 
 from cgmed.data import choices
+from cgmed.data.boxes import format_box
 from cgmed.data.record import rng_for, stable_int
-from cgmed.data.subsets import MEDMAT_SUBSETS
-from cgmed.data.vocab import Vocabulary
+from cgmed.data.subsets import CATALOG_FILE, MEDMAT_SUBSETS
+from cgmed.data.vocab import DETECTION_TASK, Vocabulary
 from cgmed.errors import ConfigError, DataError
-from cgmed.eval.parse import format_box
 
-# Same name as cgmed.data.source.CATALOG_FILE; not imported to keep this module free of the reader.
-CATALOG_FILE = "cgmed_catalog.json"
 CATALOG_FORMAT = "cgmed-catalog/1"
 SUBSETS_DIR = "Aggregated_Subsets"
 IMAGES_DIR = "med-mat"
@@ -84,7 +82,6 @@ OPTION_ORDERS = ("shuffle", "sorted")
 LAYOUTS = ("grid", "medmat")
 # Segmentation needs mask answers, which no reader or evaluator of cgmed handles yet.
 _UNSUPPORTED_TASKS = ("Seg",)
-DETECTION_TASK = "Det"
 _BAD_LABEL_CHARS = re.compile(r"[/\\\x00-\x1f]")
 
 RGB = tuple[int, int, int]

@@ -18,6 +18,9 @@ from cgmed.errors import ConfigError
 
 ELEMENT_KINDS = ("modality", "area", "task")
 
+#: The task tag of detection subsets: box answers, no options.
+DETECTION_TASK = "Det"
+
 # canonical name -> aliases. Abbreviations follow the paper's Table 17.
 MODALITIES: dict[str, tuple[str, ...]] = {
     "Co": ("Colposcopy",),

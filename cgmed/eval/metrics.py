@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from cgmed.eval.parse import ciou
+from cgmed.data.boxes import ciou, inter_union
 
 
 def bootstrap_ci(correct: Sequence[bool], n_boot: int, seed: int, level: float = 0.95) -> tuple[float, float]:
@@ -36,22 +36,11 @@ def _is_det(row: Mapping[str, Any]) -> bool:
     return row.get("box") is not None
 
 
-def _inter_union(pred: Sequence[float] | None, gt: Sequence[float]) -> tuple[float, float]:
-    """Intersection and union areas as ``parse.ciou`` counts them (no prediction: 0 and the truth's area)."""
-    gt_area = max(0.0, gt[2] - gt[0]) * max(0.0, gt[3] - gt[1])
-    if pred is None:
-        return 0.0, gt_area
-    w = min(pred[2], gt[2]) - max(pred[0], gt[0])
-    h = min(pred[3], gt[3]) - max(pred[1], gt[1])
-    inter = max(0.0, w) * max(0.0, h)
-    return inter, max(0.0, pred[2] - pred[0]) * max(0.0, pred[3] - pred[1]) + gt_area - inter
-
-
 def ciou_bootstrap_ci(
     rows: Sequence[Mapping[str, Any]], n_boot: int, seed: int, level: float = 0.95
 ) -> tuple[float, float]:
     """Percentile bootstrap interval of the cIoU of detection rows (rows resampled, seeded)."""
-    parts = np.asarray([_inter_union(r.get("pred_box"), r["box"]) for r in rows], dtype=np.float64)
+    parts = np.asarray([inter_union(r.get("pred_box"), r["box"]) for r in rows], dtype=np.float64)
     if parts.size == 0:
         return (float("nan"), float("nan"))
     point = ciou((r.get("pred_box"), r["box"]) for r in rows)

@@ -1,22 +1,18 @@
-"""Reading model answers: the option letter of a multiple-choice answer, and detection boxes.
+"""Reading model answers: the option letter of a multiple-choice answer.
 
 :func:`parse_choice` maps a generated free-text answer to the letter of one option (or None);
-:func:`parse_choice_detail` also says why. :func:`parse_box` / :func:`format_box` read and write
-MiniGPT-v2 style boxes ``{<x1><y1><x2><y2>}`` on a 0-100 grid; :func:`iou` and :func:`ciou` score
-them. Everything here is deterministic pure Python (it runs on every generated answer).
+:func:`parse_choice_detail` also says why. Boxes are read by :func:`cgmed.data.boxes.parse_box`.
+Everything here is deterministic pure Python (it runs on every generated answer).
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
-import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 from cgmed.data.choices import LETTERS
-
-Box = tuple[float, float, float, float]
 
 #: The reasons :func:`parse_choice_detail` returns.
 REASONS = ("letter", "option_text", "ambiguous", "refusal", "out_of_range", "empty", "no_match")
@@ -295,89 +291,3 @@ def parse_choice(text: str | None, options: Sequence[str]) -> str | None:
 
     See :func:`parse_choice_detail` for the rules."""
     return parse_choice_detail(text, options)[0]
-
-
-# ---------------------------------------------------------------------------------------------
-# Detection boxes
-# ---------------------------------------------------------------------------------------------
-
-_NUM = r"<\s*(-?\d+)\s*>"
-_BOX = re.compile(r"(\{\s*)?" + r"\s*".join([_NUM] * 4) + r"(\s*\})?")
-_MORE = re.compile(r"\s*<\s*-?\d")
-_BEFORE = re.compile(r"<\s*-?\d+\s*>\s*$")
-
-
-def _clip(v: float) -> float:
-    return min(100.0, max(0.0, float(v)))
-
-
-def parse_box(text: str | None) -> Box | None:
-    """The first well-formed box in ``text``, written ``{<x1><y1><x2><y2>}`` (MiniGPT-v2 style,
-    integers on a 0-100 grid, spaces allowed) or bare ``<x1><y1><x2><y2>``; None when there is
-    none, or when the first run of four numbers is malformed (more than four numbers in a row,
-    a brace on one side only). Groups that are not four integers are not boxes. Values are
-    clipped to [0, 100] and each pair is ordered so x1 <= x2 and y1 <= y2."""
-    if not text:
-        return None
-    for m in _BOX.finditer(text):
-        if bool(m.group(1)) != bool(m.group(6)):
-            return None  # "{<1><2><3><4>" or "<1><2><3><4>}": malformed
-        if not m.group(1) and (_MORE.match(text, m.end()) or _BEFORE.search(text, 0, m.start())):
-            return None  # a run of five or more numbers
-        x1, y1, x2, y2 = (_clip(int(m.group(k))) for k in range(2, 6))
-        return (min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2))
-    return None
-
-
-def format_box(box: Sequence[float]) -> str:
-    """``{<x1><y1><x2><y2>}`` with each value rounded half up to an integer and clipped to
-    [0, 100] (the order of the values is kept)."""
-    if len(box) != 4:
-        raise ValueError(f"a box has 4 values (x1, y1, x2, y2), got {len(box)}")
-    vals = []
-    for v in box:
-        f = float(v)
-        if not math.isfinite(f):
-            raise ValueError(f"box value {v!r} is not finite")
-        vals.append(int(_clip(math.floor(f + 0.5))))
-    return "{" + "".join(f"<{v}>" for v in vals) + "}"
-
-
-def _area(b: Sequence[float]) -> float:
-    return max(0.0, b[2] - b[0]) * max(0.0, b[3] - b[1])
-
-
-def _inter(a: Sequence[float], b: Sequence[float]) -> float:
-    w = min(a[2], b[2]) - max(a[0], b[0])
-    h = min(a[3], b[3]) - max(a[1], b[1])
-    return max(0.0, w) * max(0.0, h)
-
-
-def iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """Intersection over union of two ``(x1, y1, x2, y2)`` boxes; 0 when the union is 0."""
-    inter = _inter(a, b)
-    union = _area(a) + _area(b) - inter
-    return inter / union if union > 0 else 0.0
-
-
-def ciou(pairs: Iterable[tuple[Sequence[float] | None, Sequence[float]]]) -> float:
-    """Cumulative IoU over a test set: sum of intersections / sum of unions.
-
-    ``pairs`` are (prediction, ground truth); a None prediction (no box could be parsed)
-    contributes 0 to the intersections and the ground-truth area to the unions. 0 when the
-    unions sum to 0 (e.g. no pairs).
-
-    Why cIoU: the paper evaluates detection as MiniGPT-v2 does, and cumulative IoU is the
-    referring-segmentation metric (RefCOCO-style) that weights every sample by its box size
-    instead of averaging per-sample IoUs, so a few tiny boxes cannot dominate the score and
-    unparseable answers still count against it.
-    """
-    inter = union = 0.0
-    for pred, gt in pairs:
-        if pred is None:
-            union += _area(gt)
-            continue
-        i = _inter(pred, gt)
-        inter += i
-        union += _area(pred) + _area(gt) - i
-    return inter / union if union > 0 else 0.0

@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from cgmed.data.boxes import format_box, iou, parse_box
 from cgmed.data.choices import LETTERS, format_question, parse_question_choice
 from cgmed.data.record import rng_for
 from cgmed.errors import ConfigError, DataError
-from cgmed.eval.parse import format_box, iou, parse_box
 from cgmed.models.collate import Collator, load_image
 from cgmed.models.registry import BackboneAdapter, detect_family, get_adapter
 

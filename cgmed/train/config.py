@@ -1,6 +1,6 @@
 """Config groups of ``cgmed-train``: ``model``, ``train``, ``peft`` and ``distributed``.
 
-Each group is one dataclass; its defaults are the only defaults (``conf/<group>/*.yaml``
+Each group is one dataclass; its defaults are the only defaults (``cgmed/conf/<group>/*.yaml``
 files only state what differs). Cross-field rules live in ``__post_init__`` so a bad
 combination fails at start-up with the key and the fix.
 """
@@ -137,7 +137,7 @@ class TrainConfig:
 class DistributedConfig:
     """``distributed``: knobs for runs started with torchrun (``accelerate launch`` sets its own).
 
-    ``deepspeed_config`` points at a DeepSpeed JSON (``launch/deepspeed/zero2.json`` ...) so that
+    ``deepspeed_config`` points at a DeepSpeed JSON (``deepspeed/zero2.json`` ... shipped in ``cgmed/conf/deepspeed/``, or a path of your own) so that
     ``torchrun -m cgmed.train distributed=deepspeed_zero2`` runs DeepSpeed without accelerate's
     launcher; under ``accelerate launch --config_file launch/accelerate/*.yaml`` leave it null.
     """

@@ -15,6 +15,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from cgmed.conf import DEEPSPEED_DIR
 from cgmed.errors import ConfigError
 from cgmed.train.config import DistributedConfig, TrainConfig
 
@@ -49,11 +50,15 @@ def deepspeed_config(path: str, train_cfg: TrainConfig, world: int) -> dict[str,
     """Read a DeepSpeed JSON and fill its ``auto`` entries from the train config."""
     p = Path(path)
     if not p.is_absolute() and not p.is_file():
-        # the shipped configs name launch/deepspeed/*.json relative to the repository root
-        p = Path(__file__).resolve().parents[2] / p
+        # the shipped configs name deepspeed/<name>.json inside the package's config directory
+        p = DEEPSPEED_DIR.parent / p
     if not p.is_file():
+        shipped = ", ".join(f"deepspeed/{q.name}" for q in sorted(DEEPSPEED_DIR.glob("*.json")))
         raise ConfigError(
-            "distributed.deepspeed_config", f"{path} does not exist", "use launch/deepspeed/zero2.json ..."
+            "distributed.deepspeed_config",
+            f"{path} does not exist (relative paths are looked up in the working directory, then "
+            f"in {DEEPSPEED_DIR.parent})",
+            f"give an existing JSON file or a shipped one: {shipped}",
         )
     return fill_deepspeed_auto(json.loads(p.read_text()), train_cfg, world)
 

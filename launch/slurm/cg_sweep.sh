@@ -16,7 +16,7 @@
 # sbatch commands instead of submitting them).
 #
 # One process per target instead (no accelerate): `cgmed-cg -m hydra/launcher=slurm ...`, see
-# conf/hydra/launcher/slurm.yaml and launch/README.md.
+# cgmed/conf/hydra/launcher/slurm.yaml and launch/README.md.
 set -euo pipefail
 
 if [[ $# -lt 1 || "$1" == -h || "$1" == --help ]]; then

@@ -1,0 +1,50 @@
+"""JSON-lines files of the pipeline (manifests, predictions, metrics): one reader, one writer.
+
+Every ``*.jsonl`` that cgmed writes and reads back goes through here, so a malformed line is
+always reported the same way: the file and line number, and what to do about it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from cgmed.errors import DataError
+
+
+def iter_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
+    """The records of a JSON-lines file, streamed; blank lines are skipped.
+
+    A line that is not a JSON object raises DataError naming ``file:line``.
+    """
+    p = Path(path)
+    with open(p, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(
+                    f"{p}:{number}", f"malformed JSON line: {err.msg}", "rewrite or delete the file"
+                ) from None
+            if not isinstance(record, dict):
+                raise DataError(f"{p}:{number}", "a line is not a JSON object", "rewrite or delete the file")
+            yield record
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """All records of a JSON-lines file (see :func:`iter_jsonl`)."""
+    return list(iter_jsonl(path))
+
+
+def write_jsonl(path: str | Path, records: Iterable[Mapping[str, Any]]) -> int:
+    """Write ``records`` one per line (UTF-8, keys in their order); returns how many."""
+    n = 0
+    with open(path, "w", encoding="utf-8") as fh:
+        for record in records:
+            fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+            n += 1
+    return n
