@@ -19,6 +19,7 @@ from cgmed.data.choices import LETTERS, parse_question_choice
 from cgmed.data.source import BadSamples, DataConfig, MedMatSource
 from cgmed.data.subsets import MEDMAT_SUBSETS
 from cgmed.data.synth import SynthConfig, render, write_release
+from cgmed.data.synth.drawing import _place
 from cgmed.data.vocab import AREAS, MODALITIES
 from cgmed.errors import ConfigError, DataError
 
@@ -375,7 +376,7 @@ def test_every_finding_fits_inside_every_organ():
                 for seed in range(6):
                     rng = random.Random(seed)
                     sc = rng.uniform(0.94, 1.06)
-                    _, _, _, extent, room = synth._place(f, shape, rng, size, sc, 0.0, 0.0)
+                    _, _, _, extent, room = _place(f, shape, rng, size, sc, 0.0, 0.0)
                     assert extent <= room + 1e-9, (area, f, size)
 
 
