@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from cgmed.data.catalog import build_catalog
-from cgmed.data.source import BadSamples, ConversationSource, DataConfig, MedMatSource, derived_test
+from cgmed.data.source import BadSamples, ConversationSource, DataConfig, MedMatSource
+from cgmed.data.source import in_hashed_test_split as derived_test
 from cgmed.errors import ConfigError, DataError
 from tests.conftest import SMALL_SPEC, make_release, medmat_record, write_png
 

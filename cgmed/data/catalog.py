@@ -13,6 +13,8 @@ from cgmed.data.subsets import SubsetInfo
 
 @dataclass
 class SubsetEntry:
+    """One subset of the catalog: its triplet, sample counts per split and per label."""
+
     info: SubsetInfo
     train: int
     test: int
@@ -20,14 +22,14 @@ class SubsetEntry:
     labels: dict[str, dict[str, int]] = field(default_factory=dict)  # label -> {"train": n, "test": n}
 
     def to_json(self) -> dict[str, Any]:
-        i = self.info
+        info = self.info
         return {
-            "id": i.id,
-            "modality": i.modality,
-            "area": i.area,
-            "task": i.task,
-            "name": i.name,
-            "status": i.status,
+            "id": info.id,
+            "modality": info.modality,
+            "area": info.area,
+            "task": info.task,
+            "name": info.name,
+            "status": info.status,
             "train": self.train,
             "test": self.test,
             "test_file": self.has_test_file,
@@ -37,6 +39,8 @@ class SubsetEntry:
 
 @dataclass
 class Catalog:
+    """Every subset of a data root with its counts, and the bad samples found while counting."""
+
     root: str
     subsets: dict[str, SubsetEntry]
     bad: BadSamples
@@ -44,11 +48,11 @@ class Catalog:
     def to_json(self) -> dict[str, Any]:
         return {
             "root": self.root,
-            "subsets": [e.to_json() for e in self.subsets.values()],
+            "subsets": [entry.to_json() for entry in self.subsets.values()],
             "totals": {
                 "subsets": len(self.subsets),
-                "train": sum(e.train for e in self.subsets.values()),
-                "test": sum(e.test for e in self.subsets.values()),
+                "train": sum(entry.train for entry in self.subsets.values()),
+                "test": sum(entry.test for entry in self.subsets.values()),
             },
             "bad_samples": self.bad.summary(),
         }
@@ -62,19 +66,21 @@ class Catalog:
         """A fixed-width table, one line per subset."""
         head = f"{'id':<6}{'modality':<9}{'area':<11}{'task':<12}{'status':<7}{'train':>9}{'test':>8}  labels"
         lines = [head, "-" * len(head)]
-        for e in self.subsets.values():
-            i = e.info
-            names = list(e.labels)
+        for entry in self.subsets.values():
+            info = entry.info
+            names = list(entry.labels)
             shown = ", ".join(names[:max_labels]) + (
                 f", ... (+{len(names) - max_labels})" if len(names) > max_labels else ""
             )
             lines.append(
-                f"{i.id:<6}{i.modality:<9}{i.area:<11}{i.task:<12}{i.status:<7}{e.train:>9}{e.test:>8}  "
+                f"{info.id:<6}{info.modality:<9}{info.area:<11}{info.task:<12}{info.status:<7}"
+                f"{entry.train:>9}{entry.test:>8}  "
                 f"[{len(names)}] {shown}"
             )
-        t = self.to_json()["totals"]
+        totals = self.to_json()["totals"]
         lines.append(
-            f"{t['subsets']} subsets, {t['train']} train + {t['test']} test samples; bad samples: {self.bad.total}"
+            f"{totals['subsets']} subsets, {totals['train']} train + {totals['test']} test samples; "
+            f"bad samples: {self.bad.total}"
         )
         return "\n".join(lines)
 
@@ -87,8 +93,8 @@ def build_catalog(source: Source, max_bad_examples: int = 10) -> Catalog:
         idx = source.index(sid, bad)
         train, test = idx.label_counts("train"), idx.label_counts("test")
         labels = {
-            lab: {"train": train.get(lab, 0), "test": test.get(lab, 0)}
-            for lab in sorted(idx.labels, key=str.lower)
+            label: {"train": train.get(label, 0), "test": test.get(label, 0)}
+            for label in sorted(idx.labels, key=str.lower)
         }
         entries[sid] = SubsetEntry(
             idx.info, sum(train.values()), sum(test.values()), idx.has_test_file, labels

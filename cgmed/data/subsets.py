@@ -81,8 +81,9 @@ class DerivedSubset:
     name: str = ""
 
 
-def _s(id_, m, a, tag, name, status, sources=()):
-    return SubsetInfo(id_, m, a, tag, name, status, tuple(sources))
+def _s(subset_id, modality, area, tag, name, status, sources=()):
+    """A row of the table below: one Med-MAT subset and its source datasets (``data-no``)."""
+    return SubsetInfo(subset_id, modality, area, tag, name, status, tuple(sources))
 
 
 MEDMAT_SUBSETS: dict[str, SubsetInfo] = {

@@ -89,16 +89,16 @@ class Vocabulary:
     def __post_init__(self) -> None:
         self._lookup: dict[str, dict[str, str]] = {}
         self._canonical: dict[str, list[str]] = {}
-        for kind in ELEMENT_KINDS:
-            table = dict(_BUILTIN[kind])
-            for name in self.extra.get(kind, ()) or ():
+        for element_kind in ELEMENT_KINDS:
+            table = dict(_BUILTIN[element_kind])
+            for name in self.extra.get(element_kind, ()) or ():
                 table.setdefault(str(name), ())
             lookup: dict[str, str] = {}
             for canon, aliases in table.items():
                 for alias in (canon, *aliases):
                     lookup.setdefault(_norm(alias), canon)
-            self._lookup[kind] = lookup
-            self._canonical[kind] = list(table)
+            self._lookup[element_kind] = lookup
+            self._canonical[element_kind] = list(table)
         unknown_kinds = set(self.extra) - set(ELEMENT_KINDS)
         if unknown_kinds:
             raise ConfigError(
@@ -114,32 +114,33 @@ class Vocabulary:
             )
         self._merge = merged
 
-    def names(self, kind: str) -> list[str]:
-        return list(self._canonical[kind])
+    def names(self, element_kind: str) -> list[str]:
+        """The canonical names of ``element_kind`` (``modality``, ``area`` or ``task``)."""
+        return list(self._canonical[element_kind])
 
-    def find(self, kind: str, name: str) -> str | None:
+    def find(self, element_kind: str, name: str) -> str | None:
         """Canonical name for ``name`` or None when unknown."""
-        return self._lookup[kind].get(_norm(name))
+        return self._lookup[element_kind].get(_norm(name))
 
-    def canonical(self, kind: str, name: str, where: str) -> str:
+    def canonical(self, element_kind: str, name: str, where: str) -> str:
         """Canonical name for ``name``; unknown names raise with a suggestion.
 
         ``where`` names the config key or file/record the name came from.
         """
-        if kind not in self._lookup:
+        if element_kind not in self._lookup:
             raise ConfigError(
-                where, f"unknown MAT element kind {kind!r}", f"use one of {list(ELEMENT_KINDS)}"
+                where, f"unknown MAT element kind {element_kind!r}", f"use one of {list(ELEMENT_KINDS)}"
             )
-        found = self.find(kind, name)
+        found = self.find(element_kind, name)
         if found is not None:
             return found
-        close = difflib.get_close_matches(str(name), self._canonical[kind], n=1, cutoff=0.5)
+        close = difflib.get_close_matches(str(name), self._canonical[element_kind], n=1, cutoff=0.5)
         hint = f"did you mean {close[0]!r}? " if close else ""
         raise ConfigError(
             where,
-            f"unknown {kind} {name!r}",
-            f"{hint}known: {', '.join(self._canonical[kind])}; "
-            f"add new ones with data.extra_elements.{kind}=[...]",
+            f"unknown {element_kind} {name!r}",
+            f"{hint}known: {', '.join(self._canonical[element_kind])}; "
+            f"add new ones with data.extra_elements.{element_kind}=[...]",
         )
 
     def task_elements(self, tag: str) -> frozenset[str]:

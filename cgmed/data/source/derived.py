@@ -1,4 +1,4 @@
-"""Subsets made from part of another (``data.derived``), on top of any source.
+"""Subsets made from part of another (``data.derived``), on top of any source (:class:`DerivedSource`).
 
 A derived subset keeps some labels of its parent, one share of one label's samples (the
 paper's Table 8 gives half of subset 28's Normal images to X-ray COVID and the other half to
@@ -24,7 +24,9 @@ import dataclasses
 from collections.abc import Iterator
 
 from cgmed.data.record import Sample, rng_for
-from cgmed.data.source import BadSamples, Source, SubsetIndex
+from cgmed.data.source.bad import BadSamples
+from cgmed.data.source.base import Source
+from cgmed.data.source.index import SubsetIndex
 from cgmed.data.subsets import DerivedSubset, SubsetInfo, normalize_subset_id
 from cgmed.errors import ConfigError
 
@@ -38,36 +40,42 @@ class DerivedSource(Source):
         parents = base.subsets()
         self.specs: dict[str, DerivedSubset] = {}
         self.infos: dict[str, SubsetInfo] = {}
-        for i, d in enumerate(derived):
+        for i, spec in enumerate(derived):
             key = f"data.derived[{i}]"
             # ids as the rest of cgmed spells them (3 -> '03'), so targets and rules can name them
-            d = dataclasses.replace(d, id=normalize_subset_id(d.id), source=normalize_subset_id(d.source))
-            parent = parents.get(d.source)
+            spec = dataclasses.replace(
+                spec, id=normalize_subset_id(spec.id), source=normalize_subset_id(spec.source)
+            )
+            parent = parents.get(spec.source)
             if parent is None:
                 raise ConfigError(
-                    f"{key}.source", f"no subset {d.source!r} in the data", f"ids: {sorted(parents)}"
+                    f"{key}.source", f"no subset {spec.source!r} in the data", f"ids: {sorted(parents)}"
                 )
-            if d.id in parents:
+            if spec.id in parents:
                 raise ConfigError(
-                    f"{key}.id", f"{d.id!r} is already a subset of the data", "choose another id"
+                    f"{key}.id", f"{spec.id!r} is already a subset of the data", "choose another id"
                 )
-            self.specs[d.id] = d
-            self.infos[d.id] = SubsetInfo(
-                id=d.id,
-                modality=self.vocab.canonical("modality", d.modality, f"{key}.modality")
-                if d.modality
-                else parent.modality,
-                area=self.vocab.canonical("area", d.area, f"{key}.area") if d.area else parent.area,
-                task=self.vocab.canonical("task", d.task, f"{key}.task"),
-                name=d.name or f"{parent.name or parent.id}, part (derived from {parent.id})",
-                status=parent.status,
-                derived_from=parent.id,
-            )
-        self.hidden = set() if keep_sources else {d.source for d in self.specs.values()}
+            self.specs[spec.id] = spec
+            self.infos[spec.id] = self._derived_info(spec, parent, key)
+        self.hidden = set() if keep_sources else {spec.source for spec in self.specs.values()}
+
+    def _derived_info(self, spec: DerivedSubset, parent: SubsetInfo, key: str) -> SubsetInfo:
+        """The derived subset's id and triplet: its own task, modality and area from the parent unless given."""
+        return SubsetInfo(
+            id=spec.id,
+            modality=self.vocab.canonical("modality", spec.modality, f"{key}.modality")
+            if spec.modality
+            else parent.modality,
+            area=self.vocab.canonical("area", spec.area, f"{key}.area") if spec.area else parent.area,
+            task=self.vocab.canonical("task", spec.task, f"{key}.task"),
+            name=spec.name or f"{parent.name or parent.id}, part (derived from {parent.id})",
+            status=parent.status,
+            derived_from=parent.id,
+        )
 
     def subsets(self) -> dict[str, SubsetInfo]:
-        out = {k: v for k, v in self.base.subsets().items() if k not in self.hidden}
-        return dict(sorted({**out, **self.infos}.items()))
+        shown = {sid: info for sid, info in self.base.subsets().items() if sid not in self.hidden}
+        return dict(sorted({**shown, **self.infos}.items()))
 
     def index(self, subset: str, bad: BadSamples) -> SubsetIndex:
         spec = self.specs.get(subset)
@@ -83,13 +91,13 @@ class DerivedSource(Source):
                     f"labels: {parent.labels}",
                 )
         keep = [
-            p
-            for p in range(len(parent))
-            if not spec.labels or parent.labels[parent.label_id[p]] in spec.labels
+            pos
+            for pos in range(len(parent))
+            if not spec.labels or parent.labels[parent.label_id[pos]] in spec.labels
         ]
         if spec.data_no:
             wanted = {str(x) for x in spec.data_no}
-            keep = [p for p, s in self.base.load(parent, keep) if s.data_no in wanted]
+            keep = [pos for pos, sample in self.base.load(parent, keep) if sample.data_no in wanted]
             if not keep:
                 raise ConfigError(
                     f"{key}.data_no", f"no record of subset {spec.source} has data-no in {sorted(wanted)}"
@@ -99,22 +107,25 @@ class DerivedSource(Source):
         idx = SubsetIndex(
             info=self.infos[subset], files=list(parent.files), has_test_file=parent.has_test_file
         )
-        for p in sorted(keep):
+        for pos in sorted(keep):
             idx.add(
-                parent.file_id[p],
-                parent.offset[p],
-                parent.labels[parent.label_id[p]],
-                bool(parent.is_test[p]),
+                parent.file_id[pos],
+                parent.offset[pos],
+                parent.labels[parent.label_id[pos]],
+                bool(parent.is_test[pos]),
             )
         return idx
 
     def _share(self, spec: DerivedSubset, parent: SubsetIndex, keep: list[int]) -> list[int]:
+        """``keep`` with the share's label cut to its part, per split (the other labels untouched)."""
         share = spec.share
         assert share is not None
-        lid = parent.labels.index(share.label)
-        out = [p for p in keep if parent.label_id[p] != lid]
+        share_label_no = parent.labels.index(share.label)
+        out = [pos for pos in keep if parent.label_id[pos] != share_label_no]
         for test in (0, 1):
-            mine = [p for p in keep if parent.label_id[p] == lid and parent.is_test[p] == test]
+            mine = [
+                pos for pos in keep if parent.label_id[pos] == share_label_no and parent.is_test[pos] == test
+            ]
             # keyed by the parent and label, not by the derived id: sibling subsets that take
             # parts 0 and 1 of the same label get disjoint runs of one order
             rng_for(self.cfg.split_seed, "share", spec.source, share.label, test).shuffle(mine)

@@ -1,0 +1,54 @@
+"""Data sources: a Med-MAT-shaped release or a user's conversation JSON/JSONL files.
+
+A source knows which MAT subsets it holds and builds, per subset, a compact *index*
+(file, byte offset, label id, split per record) in one streaming pass with every record
+validated; records are loaded again by offset only when a split picks them. Nothing
+holds decoded images or whole files, so the full 2.36M-record release fits in little memory.
+
+What lives where:
+
+- ``config``: :class:`DataConfig`, the ``data`` config group.
+- ``bad``: :class:`BadSample` (one rejected record) and :class:`BadSamples` (their summary).
+- ``index``: :class:`SubsetIndex`, the 9:1 hash split, reading records back by position.
+- ``images``: image paths stay inside the data root; image files exist and decode.
+- ``detection``: the box of a detection record (``bbox`` and/or the answer).
+- ``base``: :class:`Source`, the interface of every reader.
+- ``medmat_records`` / ``medmat``: Med-MAT release records and :class:`MedMatSource`.
+- ``conversation_records`` / ``conversation``: conversation records and :class:`ConversationSource`.
+- ``derived``: :class:`DerivedSource`, the subsets of ``data.derived`` on top of another source.
+
+:func:`open_source` picks the reader for ``data.format``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cgmed.data.source.bad import BadSample, BadSamples
+from cgmed.data.source.base import Source
+from cgmed.data.source.config import DataConfig
+from cgmed.data.source.conversation import ConversationSource
+from cgmed.data.source.derived import DerivedSource
+from cgmed.data.source.index import SubsetIndex, in_hashed_test_split
+from cgmed.data.source.medmat import MedMatSource
+
+__all__ = [
+    "BadSample",
+    "BadSamples",
+    "ConversationSource",
+    "DataConfig",
+    "DerivedSource",
+    "MedMatSource",
+    "Source",
+    "SubsetIndex",
+    "in_hashed_test_split",
+    "open_source",
+]
+
+
+def open_source(cfg: DataConfig, root: str | Path) -> Source:
+    """The reader for ``data.format`` (with the subsets of ``data.derived`` on top)."""
+    base: Source = MedMatSource(cfg, root) if cfg.format == "medmat" else ConversationSource(cfg, root)
+    if not cfg.derived:
+        return base
+    return DerivedSource(base, cfg.derived, cfg.keep_derived_sources)
