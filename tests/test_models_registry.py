@@ -117,7 +117,7 @@ def test_init_tiny_leaves_global_rng_alone(tmp_path):
 def test_init_tiny_rejects_bad_sizes(tmp_path):
     with pytest.raises(ConfigError) as err:
         init_tiny("qwen2_vl", tmp_path, image_size=50)
-    assert err.value.key == "model.tiny.image_size"
+    assert err.value.key == "tiny.image_size"
     with pytest.raises(ConfigError):
         init_tiny("qwen2_vl", tmp_path, text_hidden=100)
     with pytest.raises(ConfigError):

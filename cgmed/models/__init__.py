@@ -1,5 +1,13 @@
-"""Backbones: family adapters and loading (``registry``), tiny offline checkpoints (``tiny``),
-and the training collator with answer-only labels (``collate``)."""
+"""Backbones: what cgmed needs to know about each vision-language model family.
+
+* ``registry``: one :class:`BackboneAdapter` per family (parameter groups, chat formatting,
+  loading) and ``detect_family`` for a checkpoint directory;
+* ``collate``: the training collator (answer-only labels, the BOS rule, the over-long-sample
+  policy) and length-grouped batching;
+* ``tiny``: tiny random checkpoints of every family, built offline (``init_tiny``), with the
+  chat templates in ``templates/*.jinja``;
+* ``export``: merging a LoRA adapter into its base model.
+"""
 
 from cgmed.models.collate import (
     IGNORE_INDEX,
@@ -9,9 +17,11 @@ from cgmed.models.collate import (
     load_image,
     padding_fraction,
     random_batches,
+    should_add_special_tokens,
 )
+from cgmed.models.export import merge_lora
 from cgmed.models.registry import ADAPTERS, FAMILIES, PARTS, BackboneAdapter, detect_family, get_adapter
-from cgmed.models.tiny import TINY_FAMILIES, init_tiny
+from cgmed.models.tiny import TINY_FAMILIES, TinySize, init_tiny
 
 __all__ = [
     "ADAPTERS",
@@ -22,11 +32,14 @@ __all__ = [
     "BackboneAdapter",
     "Collator",
     "LengthGroupedBatchSampler",
+    "TinySize",
     "detect_family",
     "get_adapter",
     "group_by_length",
     "init_tiny",
     "load_image",
+    "merge_lora",
     "padding_fraction",
     "random_batches",
+    "should_add_special_tokens",
 ]

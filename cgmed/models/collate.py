@@ -26,7 +26,7 @@ import random
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal
 
-from cgmed.errors import ConfigError, DataError
+from cgmed.errors import BadImageError, ConfigError, DataError
 from cgmed.models.registry import BackboneAdapter
 
 IGNORE_INDEX = -100
@@ -57,16 +57,22 @@ def _record_id(record: Any, index: int | None = None) -> str:
 
 
 def load_image(path: str, where: str = "record"):
-    """Open an image with PIL as RGB (grayscale, palette and RGBA medical images included)."""
+    """Open an image with PIL as RGB (grayscale, palette and RGBA medical images included).
+
+    Raises BadImageError naming ``where`` and the path when the file is missing, unreadable, not
+    an image, truncated, or larger than PIL's decompression-bomb limit.
+    """
     from PIL import Image
 
     try:
         with Image.open(path) as im:
             return im.convert("RGB")
     except (FileNotFoundError, IsADirectoryError):
-        raise DataError(where, f"image {path!r} does not exist", "check the manifest's image paths") from None
-    except OSError as err:
-        raise DataError(
+        raise BadImageError(
+            where, f"image {path!r} does not exist", "check the manifest's image paths"
+        ) from None
+    except (OSError, Image.DecompressionBombError) as err:
+        raise BadImageError(
             where, f"image {path!r} cannot be read ({err})", "re-export or drop this image"
         ) from None
 
@@ -119,13 +125,6 @@ class Collator:
 
     # ------------------------------------------------------------------ one sample
 
-    def _add_special_tokens(self, text: str) -> bool:
-        # Templates that write the BOS token themselves (Llama-3) must not get a second one
-        # from the tokenizer; templates without it (llava-hf) rely on the tokenizer adding
-        # it. The same rule as transformers' ProcessorMixin.apply_chat_template(tokenize=True).
-        bos = self._tok.bos_token
-        return not (bos is not None and text.startswith(bos))
-
     def answer_span(self, question: str, answer: str, where: str = "record") -> tuple[str, list[int], int]:
         """(full text, token ids after the prompt, number of them that carry labels).
 
@@ -137,7 +136,7 @@ class Collator:
         fix = "check the chat template: the prompt with add_generation_prompt must be a prefix of the conversation"
         if not full.startswith(prompt):
             raise DataError(where, "the rendered prompt is not a prefix of the rendered conversation", fix)
-        add = self._add_special_tokens(full)
+        add = should_add_special_tokens(self._tok, full)
         p_ids = self._tok(prompt, add_special_tokens=add)["input_ids"]
         f_ids = self._tok(full, add_special_tokens=add)["input_ids"]
         if f_ids[: len(p_ids)] != p_ids:
@@ -173,7 +172,7 @@ class Collator:
         enc = self.processor(
             images=[image],
             text=[full],
-            add_special_tokens=self._add_special_tokens(full),
+            add_special_tokens=should_add_special_tokens(self._tok, full),
             return_tensors="pt",
         )
         out = {k: v for k, v in enc.items() if isinstance(v, torch.Tensor)}
@@ -196,25 +195,36 @@ class Collator:
         """Token count of a record, visual tokens included (what ``max_length`` bounds)."""
         return int(self.encode(record, index)["input_ids"].shape[1])
 
+    def fits(self, encoded: dict[str, Any], record: Any, index: int | None = None) -> bool:
+        """The over-long-sample policy: True when ``encoded`` fits ``max_length``.
+
+        An over-long sample is never truncated (that could cut visual tokens or the answer):
+        False tells the caller to leave it out (``on_overflow="drop"``); under ``"error"`` a
+        DataError names the record instead.
+        """
+        n_tokens = encoded["input_ids"].shape[1]
+        if n_tokens <= self.max_length:
+            return True
+        if self.on_overflow == "error":
+            raise DataError(
+                f"record {_record_id(record, index)}",
+                f"{n_tokens} tokens (visual tokens included) exceed train.max_length={self.max_length}; "
+                "truncating would cut image tokens or the answer",
+                "raise train.max_length, lower model.max_pixels, or set train.on_overflow=drop",
+            )
+        return False
+
     # ------------------------------------------------------------------ a batch
 
     def __call__(self, records: Sequence[Any]) -> dict[str, Any]:
         """Encode, drop (or refuse) too-long samples, right-pad and stack."""
         samples = []
         for i, record in enumerate(records):
-            enc = self.encode(record, i)
-            n = enc["input_ids"].shape[1]
-            if n > self.max_length:
-                if self.on_overflow == "error":
-                    raise DataError(
-                        f"record {_record_id(record, i)}",
-                        f"{n} tokens (visual tokens included) exceed max_length={self.max_length}; "
-                        "truncating would cut image tokens or the answer",
-                        "raise train.max_length, lower model.max_pixels, or set train.on_overflow=drop",
-                    )
+            encoded = self.encode(record, i)
+            if self.fits(encoded, record, i):
+                samples.append(encoded)
+            else:
                 self.dropped += 1
-                continue
-            samples.append(enc)
         if not samples:
             return {}
         return self.pad(samples)
@@ -240,6 +250,17 @@ class Collator:
             else:
                 batch[key] = torch.cat([s[key] for s in samples], dim=0)
         return batch
+
+
+def should_add_special_tokens(tokenizer: Any, text: str) -> bool:
+    """Whether tokenizing chat-template ``text`` should add the tokenizer's special tokens.
+
+    Templates that write the BOS token themselves (Llama-3) must not get a second one from
+    the tokenizer; templates without it (llava-hf) rely on the tokenizer adding it. The same
+    rule as transformers' ``ProcessorMixin.apply_chat_template(tokenize=True)``.
+    """
+    bos = tokenizer.bos_token
+    return not (bos is not None and text.startswith(bos))
 
 
 def _token_id(tokenizer: Any, token: str, family: str) -> int:

@@ -11,7 +11,7 @@ One frozen :class:`BackboneAdapter` per family holds
 * the image-size knobs the family's processor takes (``min_pixels`` / ``max_pixels`` for
   Qwen, whose visual token count grows with the picture);
 * ``load()``: ``AutoModelForImageTextToText`` / ``AutoProcessor.from_pretrained``, the same
-  call for a hub id and for a local directory (tests load checkpoints from ``tiny.py``).
+  call for a hub id and for a local directory (tests load checkpoints from ``cgmed.models.tiny``).
 
     adapter = get_adapter(detect_family(path))
     model, processor = adapter.load(path, dtype="bfloat16", max_pixels=448 * 448)
