@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from cgmed.cg.protocol import run_groups
+from cgmed.cg.run import run_groups
 from cgmed.cli.hydra_app import CONF_DIR, register_configs, typed_config
 from cgmed.data.source import open_source
 from cgmed.data.split import resolve_ids, shared_elements
