@@ -45,7 +45,7 @@ PALETTES: dict[str, Palette] = {
 _TEXTURES = ("smooth", "rings", "speckle", "grain", "vignette", "streaks")
 
 # Finding colours are saturated primaries/secondaries, far from every organ colour above
-# (feasibility.md: a finding that does not stand out from the organ is never learned).
+# (measured on the tiny model: a finding that does not stand out from the organ is never learned).
 YELLOW: RGB = (255, 235, 0)
 CYAN: RGB = (0, 235, 255)
 MAGENTA: RGB = (255, 0, 230)
