@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cgmed.cg.config import CGConfig, CGTarget, TinyBase
+from cgmed.cg.config import CGApp, CGConfig, CGTarget, TinyBase
 from cgmed.cg.protocol import run_protocol
 from cgmed.data.boxes import ciou, format_box, iou, parse_box
 from cgmed.data.build import build_split, resolve_root, write_split
@@ -328,22 +328,24 @@ def test_protocol_on_a_det_target(world, tmp_path):
         ],
     )
     doc = run_protocol(
-        CGConfig(targets=[target], tiny_base=TinyBase(), plots=True),
-        data,
-        SplitConfig(cap_per_subset=16),
-        synth_cfg(),
-        ModelConfig(),
-        TrainConfig(
-            max_steps=6,
-            per_device_batch_size=8,
-            lr=2e-3,
-            progress_bar=False,
-            tensorboard=False,
-            warmup_ratio=0.0,
+        CGApp(
+            cg=CGConfig(targets=[target], tiny_base=TinyBase(), plots=True),
+            data=data,
+            split=SplitConfig(cap_per_subset=16),
+            synth=synth_cfg(),
+            model=ModelConfig(),
+            train=TrainConfig(
+                max_steps=6,
+                per_device_batch_size=8,
+                lr=2e-3,
+                progress_bar=False,
+                tensorboard=False,
+                warmup_ratio=0.0,
+            ),
+            peft=PeftConfig(),
+            distributed=DistributedConfig(),
+            eval=EvalConfig(batch_size=16, bootstrap=100),
         ),
-        PeftConfig(),
-        DistributedConfig(),
-        EvalConfig(batch_size=16, bootstrap=100),
         tmp_path / "run",
     )
     (row,) = doc["targets"]

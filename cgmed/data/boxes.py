@@ -4,13 +4,15 @@ One definition for everything that handles boxes: the release and conversation r
 records with :func:`check_box`, the synthetic world and the split builder write answers with
 :func:`format_box`, the evaluator reads generated answers with :func:`parse_box` and scores them
 with :func:`iou` / :func:`ciou` (whose parts, :func:`inter_union`, the bootstrap resamples).
+:func:`is_detection_row` tells a detection row of a manifest or of predictions from a
+multiple-choice one.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 Box = tuple[float, float, float, float]
@@ -32,6 +34,12 @@ def check_box(values: Any) -> list[float]:
     if box[0] > box[2] or box[1] > box[3]:
         raise ValueError(f"{values!r} has x1 > x2 or y1 > y2")
     return box
+
+
+def is_detection_row(row: Mapping[str, Any]) -> bool:
+    """A manifest or prediction row of a detection sample: it carries a ground-truth ``box``
+    (multiple-choice rows have none; see ``Sample.to_json``)."""
+    return row.get("box") is not None
 
 
 _NUM = r"<\s*(-?\d+)\s*>"

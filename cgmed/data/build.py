@@ -1,8 +1,22 @@
-"""Build one experiment's train and test sets: select, sample, write questions, audit, write.
+"""Build one experiment's train and test sets, in stages: select, index, quota, draw, questions, audit.
 
-``build_split`` is the library entry point behind ``cgmed-data build``. Same source, config
-and seed give byte-identical ``train.jsonl`` / ``test.jsonl`` / ``seen_test.jsonl`` (and
-``shots.jsonl``, the in-context examples of ``split.shots_per_label``) and ``split_meta.json``: every random draw uses an RNG keyed by (seed, subset, label, purpose).
+``build_split`` is the library entry point behind ``cgmed-data build``; each stage is a function
+with a typed result:
+
+1. :func:`select_subsets` -> :class:`Selection`: the held-out targets, the training subsets and
+   the size reference of ``split.match_size_of`` (callers that have already selected, such as
+   ``cgmed-cg``, can compute it once and reuse it);
+2. every selected subset is indexed (one pass over its records; bad records are counted);
+3. :func:`training_quotas` -> :class:`TrainingQuotas`: samples per training subset, after the
+   per-subset cap, the size match and the total cap;
+4. :func:`draw_samples` -> :class:`DrawnSamples`: training, target test, seen-test and in-context
+   samples, label-balanced (:mod:`cgmed.data.sampling`);
+5. :func:`write_questions`: every sample gets its final prompt and answer;
+6. :func:`audit_drawn`: the leakage audit (:mod:`cgmed.data.audit`).
+
+Same source, config and seed give byte-identical ``train.jsonl`` / ``test.jsonl`` /
+``seen_test.jsonl`` (and ``shots.jsonl``, the in-context examples of ``split.shots_per_label``)
+and ``split_meta.json``: every random draw uses an RNG keyed by (seed, subset, label, purpose).
 
 Detection samples (a ``box``, no options) keep their instruction and box answer: no
 multiple-choice question is built for them, and their label (the finding) balances sampling
@@ -17,20 +31,24 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cgmed.config import as_dict
-from cgmed.data.audit import AuditReport, audit_split
+from cgmed.data.audit import AuditReport, audit_split, record_overlaps
 from cgmed.data.boxes import format_box
 from cgmed.data.choices import format_question, instruction, make_options
 from cgmed.data.record import Sample, rng_for
+from cgmed.data.sampling import sample_balanced_test, sample_shots, sample_train
 from cgmed.data.source import BadSamples, DataConfig, Source, SubsetIndex, open_source
 from cgmed.data.split import SplitConfig, balanced_quota, resolve_ids, select_train
+from cgmed.data.subsets import SubsetInfo
+from cgmed.data.vocab import Vocabulary
 from cgmed.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -39,7 +57,46 @@ OPTIONAL_MANIFESTS = ("shots",)  # written only when asked for (split.shots_per_
 
 
 @dataclass
+class Selection:
+    """Which subsets one split reads: the result of :func:`select_subsets`."""
+
+    targets: list[str]  # held-out subsets, in catalog order
+    train: list[str]  # training subsets
+    # split.match_size_of's selection: the training set draws as many samples as these subsets
+    # give (after the per-subset cap); None when the size is not matched
+    size_reference: list[str] | None = None
+
+    def subset_ids(self) -> list[str]:
+        """Every subset the split reads, each once: targets, training subsets, size reference."""
+        return list(dict.fromkeys([*self.targets, *self.train, *(self.size_reference or [])]))
+
+
+@dataclass
+class TrainingQuotas:
+    """How many samples each training subset gives, and the notes saying why."""
+
+    per_subset: dict[str, int]
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DrawnSamples:
+    """Every sample of a split, in draw order (before questions are written and sorting)."""
+
+    train: list[Sample]
+    test: list[Sample]
+    seen_test: list[Sample]
+    shots: list[Sample]
+    # training samples from the targets' own training portion (split.target_train_samples): the
+    # leakage audit lets exactly these through its id and triplet checks
+    target_train_ids: frozenset[str] = frozenset()
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
 class BuiltSplit:
+    """One experiment's split, ready for :func:`write_split`."""
+
     train: list[Sample]
     test: list[Sample]
     seen_test: list[Sample]
@@ -52,96 +109,138 @@ class BuiltSplit:
     asked: tuple[str, ...] = ()  # optional manifests the config asked for (written even when empty)
 
 
-def _take(source: Source, idx: SubsetIndex, candidates: list[int], k: int, bad: BadSamples) -> list[Sample]:
-    """The first ``k`` usable samples of ``candidates`` (a seeded permutation); bad ones are replaced."""
-    out: list[Sample] = []
-    start = 0
-    while len(out) < k and start < len(candidates):
-        batch = candidates[start : start + (k - len(out))]
-        start += len(batch)
-        out.extend(s for _, s in source.load_checked(idx, batch, bad))
-    return out
+def select_subsets(source: Source, cfg: SplitConfig) -> Selection:
+    """The targets, training subsets and size reference ``cfg`` names in ``source``'s catalog.
+
+    Raises ConfigError, before any record is read, when a rule needs targets that are missing or
+    when ``split.train=related`` finds nothing related.
+    """
+    subsets, vocab = source.subsets(), source.vocab
+    targets = resolve_ids(cfg.targets, subsets, vocab, "split.targets")
+    rule = cfg.train if isinstance(cfg.train, str) else None
+    if rule in ("related", "unrelated") and not targets:
+        raise ConfigError(
+            "split.targets", f"split.train={rule} needs held-out targets", "set split.targets=[...]"
+        )
+    train = select_train(cfg.train, cfg.without, targets, subsets, vocab, cfg.train_status)
+    if rule == "related" and not train:
+        names = ", ".join(subsets[t].describe() for t in targets)
+        raise ConfigError(
+            "split.train",
+            f"no subset in the data is related to the target(s) {names} (after split.without={cfg.without})",
+            "choose another target, relax split.without / split.train_status, or list training subsets",
+        )
+    return Selection(targets, train, _size_reference(cfg, targets, subsets, vocab))
 
 
-def _by_label(idx: SubsetIndex, split: str, seed: int, purpose: str) -> dict[str, list[int]]:
-    """Positions of each label in ``split``, each list in its own seeded random order."""
-    groups: dict[str, list[int]] = {}
-    for pos in idx.positions(split):
-        groups.setdefault(idx.labels[idx.label_id[pos]], []).append(pos)
-    for label, positions in groups.items():
-        rng_for(seed, purpose, idx.info.id, label).shuffle(positions)
-    return dict(sorted(groups.items()))
+def _size_reference(
+    cfg: SplitConfig, targets: Sequence[str], subsets: Mapping[str, SubsetInfo], vocab: Vocabulary
+) -> list[str] | None:
+    """The subsets ``split.match_size_of`` names (a selector, or ``{train: ..., without: [...]}``)."""
+    spec = cfg.match_size_of
+    if spec is None:
+        return None
+    if isinstance(spec, Mapping):
+        selector, without = spec.get("train", "related"), spec.get("without", [])
+    else:
+        selector, without = spec, []
+    return select_train(selector, without, targets, subsets, vocab, cfg.train_status, "split.match_size_of")
 
 
-def sample_train(source: Source, idx: SubsetIndex, quota: int, seed: int, bad: BadSamples) -> list[Sample]:
-    """``quota`` training samples of one subset, labels as balanced as availability allows."""
-    groups = _by_label(idx, "train", seed, "train")
-    per_label = balanced_quota({lab: len(p) for lab, p in groups.items()}, quota)
-    out: list[Sample] = []
-    for label, positions in groups.items():
-        out += _take(source, idx, positions, per_label[label], bad)
-    return out
+def training_quotas(
+    selection: Selection, indexes: Mapping[str, SubsetIndex], cfg: SplitConfig
+) -> TrainingQuotas:
+    """Samples per training subset: the label-balanced cap per subset (``split.cap_per_subset``),
+    then spread evenly to match the size reference's total, then to ``split.max_train_samples``."""
+
+    def capped(sid: str) -> int:
+        counts = indexes[sid].label_counts("train")
+        return sum(balanced_quota(counts, cfg.cap_per_subset).values())
+
+    quotas = {sid: capped(sid) for sid in selection.train}
+    notes: list[str] = []
+    reference = selection.size_reference
+    if reference is not None:
+        wanted = sum(capped(sid) for sid in reference)
+        have = sum(quotas.values())
+        if have < wanted:
+            raise ConfigError(
+                "split.match_size_of",
+                f"the training selection has {have} samples (after the cap of {cfg.cap_per_subset} per subset) "
+                f"but must match {wanted} from {reference}",
+                "raise split.cap_per_subset, widen split.train, or add data",
+            )
+        quotas = balanced_quota(quotas, wanted)
+        notes.append(f"size matched to {wanted} samples of {reference}")
+    if cfg.max_train_samples is not None and sum(quotas.values()) > cfg.max_train_samples:
+        quotas = balanced_quota(quotas, cfg.max_train_samples)
+        notes.append(f"training set capped at {cfg.max_train_samples} samples")
+    return TrainingQuotas(quotas, notes)
 
 
-def sample_shots(
+def draw_samples(
     source: Source,
-    idx: SubsetIndex,
-    per_label: int,
-    seed: int,
+    indexes: Mapping[str, SubsetIndex],
+    selection: Selection,
+    quotas: Mapping[str, int],
+    cfg: SplitConfig,
     bad: BadSamples,
-    exclude: frozenset[str] = frozenset(),
+) -> DrawnSamples:
+    """Every sample of the split: training samples by quota, the targets' own training samples
+    (``split.target_train_samples``), the targets' balanced test sets, in-context examples
+    (``split.shots_per_label``) and the trained-on subsets' test sets (``split.seen_test``).
+
+    Records are read in that order, so bad samples are reported in the same order on every build.
+    """
+    targets = selection.targets
+    train: list[Sample] = []
+    for sid in selection.train:
+        if quotas.get(sid, 0) > 0:
+            train += sample_train(source, indexes[sid], quotas[sid], cfg.seed, bad)
+    notes: list[str] = []
+    own: list[Sample] = []
+    if cfg.target_train_samples:
+        for sid in targets:
+            # the target's training portion only: its test portion is what gets scored
+            own += sample_train(source, indexes[sid], cfg.target_train_samples, cfg.seed, bad)
+        notes.append(
+            f"{len(own)} samples of the targets' own training portion added (split.target_train_samples)"
+        )
+    own_ids = frozenset(s.id for s in own)
+    test = _draw_target_tests(source, indexes, targets, cfg, bad)
+    shots: list[Sample] = []
+    if cfg.shots_per_label:
+        for sid in targets:
+            # never an example the model trains on (split.target_train_samples draws from the same portion)
+            shots += sample_shots(source, indexes[sid], cfg.shots_per_label, cfg.seed, bad, exclude=own_ids)
+        notes.append(f"{len(shots)} in-context examples of the targets' training portion in shots.jsonl")
+    seen: list[Sample] = []
+    if cfg.seen_test:
+        for sid in selection.train:
+            if sid not in targets:
+                seen += sample_balanced_test(source, indexes[sid], cfg.test_per_label, cfg.seed, bad)
+    return DrawnSamples(train + own, test, seen, shots, own_ids, notes)
+
+
+def _draw_target_tests(
+    source: Source,
+    indexes: Mapping[str, SubsetIndex],
+    targets: Sequence[str],
+    cfg: SplitConfig,
+    bad: BadSamples,
 ) -> list[Sample]:
-    """Up to ``per_label`` samples of each label of a subset's training portion (in-context
-    examples), none of the ``exclude`` ids (samples already trained on)."""
-    out: list[Sample] = []
-    for positions in _by_label(idx, "train", seed, "shots").values():
-        got: list[Sample] = []
-        start = 0
-        while len(got) < per_label and start < len(positions):
-            batch = positions[start : start + per_label - len(got)]
-            start += len(batch)
-            got += [s for s in _take(source, idx, batch, len(batch), bad) if s.id not in exclude]
-        out += got
-    return out
-
-
-def record_overlaps(
-    indexes: Mapping[str, SubsetIndex], targets: list[str], train_ids: list[str]
-) -> dict[str, tuple[str, int]]:
-    """Training subsets that hold records of a target: derived subsets cut from the same parent
-    records (a parent and its child, or siblings whose shares overlap). Only subsets with a common
-    root are compared, so plain releases cost nothing."""
-
-    def root(sid: str) -> str:
-        return indexes[sid].info.derived_from or sid
-
-    def records(sid: str) -> set[tuple[str, int]]:
-        idx = indexes[sid]
-        return {(str(idx.files[idx.file_id[p]]), idx.offset[p]) for p in range(len(idx))}
-
-    out: dict[str, tuple[str, int]] = {}
-    for t in targets:
-        for sid in train_ids:
-            if sid != t and sid not in out and root(sid) == root(t):
-                shared = len(records(sid) & records(t))
-                if shared:
-                    out[sid] = (t, shared)
-    return out
-
-
-def sample_balanced_test(
-    source: Source, idx: SubsetIndex, per_label_cap: int | None, seed: int, bad: BadSamples
-) -> list[Sample]:
-    """A strictly label-balanced test set: the same count for every label, as large as allowed."""
-    groups = _by_label(idx, "test", seed, "test")
-    if not groups:
-        return []
-    n = min(len(p) for p in groups.values())
-    if per_label_cap is not None:
-        n = min(n, per_label_cap)
-    picked = {lab: _take(source, idx, pos, n, bad) for lab, pos in groups.items()}
-    n = min(len(v) for v in picked.values())  # a bad image may leave a label short: keep balance
-    return [s for lab in picked for s in picked[lab][:n]]
+    """The targets' strictly label-balanced test sets; a target without test samples is an error."""
+    test: list[Sample] = []
+    for sid in targets:
+        got = sample_balanced_test(source, indexes[sid], cfg.test_per_label, cfg.seed, bad)
+        if not got:
+            raise DataError(
+                f"target subset {source.subsets()[sid].describe()}",
+                "has no test samples",
+                "add a Subset--NN-test.json, or pick another target",
+            )
+        test += got
+    return test
 
 
 def write_question(sample: Sample, subset_labels: list[str], cfg: SplitConfig) -> None:
@@ -169,122 +268,63 @@ def write_question(sample: Sample, subset_labels: list[str], cfg: SplitConfig) -
     sample.question = format_question(instruction(sample.task, sample.modality, sample.area, rng), options)
 
 
+def write_questions(drawn: DrawnSamples, indexes: Mapping[str, SubsetIndex], cfg: SplitConfig) -> None:
+    """Every drawn sample gets its final prompt (:func:`write_question`), options from its subset's labels."""
+    for samples in (drawn.train, drawn.test, drawn.seen_test, drawn.shots):
+        for s in samples:
+            write_question(s, indexes[s.subset].labels, cfg)
+
+
+def audit_drawn(
+    source: Source,
+    indexes: Mapping[str, SubsetIndex],
+    selection: Selection,
+    drawn: DrawnSamples,
+    cfg: SplitConfig,
+) -> AuditReport:
+    """The leakage audit of the drawn split (:func:`cgmed.data.audit.audit_split`)."""
+    subsets = source.subsets()
+    return audit_split(
+        drawn.train,
+        drawn.test,
+        [subsets[t] for t in selection.targets],
+        drawn.seen_test,
+        check_images=cfg.audit_images,
+        allowed_target_train=drawn.target_train_ids,
+        shots=drawn.shots,
+        shared_records=record_overlaps(indexes, selection.targets, selection.train),
+    )
+
+
 def _sort(samples: list[Sample]) -> list[Sample]:
     return sorted(samples, key=lambda s: (s.subset, s.id))
 
 
 def build_split(source: Source, data_cfg: DataConfig, cfg: SplitConfig) -> BuiltSplit:
-    """Select, sample, write questions and audit one experiment's split (see module docstring)."""
-    vocab = source.vocab
-    subsets = source.subsets()
-    targets = resolve_ids(cfg.targets, subsets, vocab, "split.targets")
-    rule = cfg.train if isinstance(cfg.train, str) else None
-    if rule in ("related", "unrelated") and not targets:
-        raise ConfigError(
-            "split.targets", f"split.train={rule} needs held-out targets", "set split.targets=[...]"
-        )
-    train_ids = select_train(cfg.train, cfg.without, targets, subsets, vocab, cfg.train_status)
-    if rule == "related" and not train_ids:
-        names = ", ".join(subsets[t].describe() for t in targets)
-        raise ConfigError(
-            "split.train",
-            f"no subset in the data is related to the target(s) {names} (after split.without={cfg.without})",
-            "choose another target, relax split.without / split.train_status, or list training subsets",
-        )
-    ref_ids: list[str] = []
-    ref_spec = cfg.match_size_of
-    if ref_spec is not None:
-        ref_sel, ref_without = (
-            (ref_spec.get("train", "related"), ref_spec.get("without", []))
-            if isinstance(ref_spec, Mapping)
-            else (ref_spec, [])
-        )
-        ref_ids = select_train(
-            ref_sel, ref_without, targets, subsets, vocab, cfg.train_status, "split.match_size_of"
-        )
+    """Select, index, quota, draw, write questions and audit one experiment's split (module docstring).
 
+    Bad samples stop the build after indexing and after drawing unless ``data.on_bad_sample=skip``.
+    """
+    selection = select_subsets(source, cfg)
     bad = BadSamples(data_cfg.max_bad_examples)
-    indexes: dict[str, SubsetIndex] = {}
-    for sid in dict.fromkeys([*targets, *train_ids, *ref_ids]):
-        indexes[sid] = source.index(sid, bad)
+    indexes = {sid: source.index(sid, bad) for sid in selection.subset_ids()}
     bad.raise_if_any(data_cfg.on_bad_sample)
-
-    def capped(sid: str) -> int:
-        counts = indexes[sid].label_counts("train")
-        return sum(balanced_quota(counts, cfg.cap_per_subset).values())
-
-    quotas = {sid: capped(sid) for sid in train_ids}
-    notes: list[str] = []
-    if ref_spec is not None:
-        wanted = sum(capped(sid) for sid in ref_ids)
-        have = sum(quotas.values())
-        if have < wanted:
-            raise ConfigError(
-                "split.match_size_of",
-                f"the training selection has {have} samples (after the cap of {cfg.cap_per_subset} per subset) "
-                f"but must match {wanted} from {ref_ids}",
-                "raise split.cap_per_subset, widen split.train, or add data",
-            )
-        quotas = balanced_quota(quotas, wanted)
-        notes.append(f"size matched to {wanted} samples of {ref_ids}")
-    if cfg.max_train_samples is not None and sum(quotas.values()) > cfg.max_train_samples:
-        quotas = balanced_quota(quotas, cfg.max_train_samples)
-        notes.append(f"training set capped at {cfg.max_train_samples} samples")
-
-    train: list[Sample] = []
-    for sid in train_ids:
-        if quotas.get(sid, 0) > 0:
-            train += sample_train(source, indexes[sid], quotas[sid], cfg.seed, bad)
-    allowed: frozenset[str] = frozenset()
-    if cfg.target_train_samples:
-        own = []
-        for sid in targets:
-            # the target's training portion only: its test portion is what gets scored
-            own += sample_train(source, indexes[sid], cfg.target_train_samples, cfg.seed, bad)
-        train += own
-        allowed = frozenset(s.id for s in own)
-        notes.append(
-            f"{len(own)} samples of the targets' own training portion added (split.target_train_samples)"
-        )
-    test: list[Sample] = []
-    for sid in targets:
-        got = sample_balanced_test(source, indexes[sid], cfg.test_per_label, cfg.seed, bad)
-        if not got:
-            raise DataError(
-                f"target subset {subsets[sid].describe()}",
-                "has no test samples",
-                "add a Subset--NN-test.json, or pick another target",
-            )
-        test += got
-    shots: list[Sample] = []
-    for sid in targets if cfg.shots_per_label else ():
-        # never an example the model trains on (split.target_train_samples draws from the same portion)
-        shots += sample_shots(source, indexes[sid], cfg.shots_per_label, cfg.seed, bad, exclude=allowed)
-    if cfg.shots_per_label:
-        notes.append(f"{len(shots)} in-context examples of the targets' training portion in shots.jsonl")
-    seen: list[Sample] = []
-    if cfg.seen_test:
-        for sid in train_ids:
-            if sid not in targets:
-                seen += sample_balanced_test(source, indexes[sid], cfg.test_per_label, cfg.seed, bad)
+    quotas = training_quotas(selection, indexes, cfg)
+    drawn = draw_samples(source, indexes, selection, quotas.per_subset, cfg, bad)
     bad.raise_if_any(data_cfg.on_bad_sample)
-
-    for samples in (train, test, seen, shots):
-        for s in samples:
-            write_question(s, indexes[s.subset].labels, cfg)
-    report = audit_split(
-        train,
-        test,
-        [subsets[t] for t in targets],
-        seen,
-        check_images=cfg.audit_images,
-        allowed_target_train=allowed,
-        shots=shots,
-        shared_records=record_overlaps(indexes, targets, train_ids),
-    )
-    asked = ("shots",) if cfg.shots_per_label else ()
+    write_questions(drawn, indexes, cfg)
+    report = audit_drawn(source, indexes, selection, drawn, cfg)
     return BuiltSplit(
-        _sort(train), _sort(test), _sort(seen), targets, train_ids, report, bad, notes, _sort(shots), asked
+        train=_sort(drawn.train),
+        test=_sort(drawn.test),
+        seen_test=_sort(drawn.seen_test),
+        targets=selection.targets,
+        train_subsets=selection.train,
+        audit=report,
+        bad=bad,
+        notes=quotas.notes + drawn.notes,
+        shots=_sort(drawn.shots),
+        asked=("shots",) if cfg.shots_per_label else (),
     )
 
 
@@ -350,7 +390,9 @@ def resolve_root(data_cfg: DataConfig, synth_cfg: Any | None = None) -> Path:
     synth_cfg = synth_cfg or SynthConfig()
     fields = as_dict(synth_cfg)
     if isinstance(fields, dict) and fields.get("medmat_detection") is False:
-        del fields["medmat_detection"]  # worlds cached before the flag existed keep their folder
+        # false adds nothing to the world: out of the cache key, so a world without detection
+        # subsets has one folder whether or not its config spells the flag
+        del fields["medmat_detection"]
     key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
     root = Path(data_cfg.cache_dir).expanduser().resolve() / f"synth-{key}"
     if not (root / "cgmed_catalog.json").exists():
@@ -360,8 +402,6 @@ def resolve_root(data_cfg: DataConfig, synth_cfg: Any | None = None) -> Path:
         try:
             os.replace(tmp, root)
         except OSError:  # another process finished first; its copy is identical
-            import shutil
-
             shutil.rmtree(tmp, ignore_errors=True)
         log.info("generated the synthetic MAT world in %s", root)
     return root

@@ -148,6 +148,7 @@ def make_options(
 
 
 def format_question(instruction_text: str, options: Sequence[str], sep: str = ":") -> str:
+    """The full prompt: the instruction, one ``A: text`` line per option, ``ANSWER_SUFFIX``."""
     lines = [instruction_text.strip()]
     lines += [f"{LETTERS[i]}{sep} {text}" for i, text in enumerate(options)]
     lines.append(ANSWER_SUFFIX)
@@ -192,7 +193,6 @@ def parse_question_choice(text: str) -> tuple[str, list[str]]:
 
 def same_label(a: str, b: str) -> bool:
     """Label equality tolerant of case, spacing and the order of comma-joined multi-labels."""
-
     if a == b:
         return True
 

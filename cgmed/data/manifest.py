@@ -19,6 +19,13 @@ def iter_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
 
     A line that is not a JSON object raises DataError naming ``file:line``.
     """
+    for _, record in iter_jsonl_numbered(path):
+        yield record
+
+
+def iter_jsonl_numbered(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, record)`` of a JSON-lines file (see :func:`iter_jsonl`), for readers whose
+    own checks of a record name ``file:line`` too."""
     p = Path(path)
     with open(p, encoding="utf-8") as fh:
         for number, line in enumerate(fh, 1):
@@ -32,7 +39,7 @@ def iter_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
                 ) from None
             if not isinstance(record, dict):
                 raise DataError(f"{p}:{number}", "a line is not a JSON object", "rewrite or delete the file")
-            yield record
+            yield number, record
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:

@@ -30,9 +30,8 @@ class OptionsConfig:
     """How multiple-choice questions are written."""
 
     mode: Literal["keep", "rebuild"] = "keep"  # keep a source's own options, or rebuild every question
-    order: Literal["shuffle", "sorted"] = (
-        "shuffle"  # order of built options (sorted = fixed letters per label)
-    )
+    # order of built options (sorted = fixed letters per label)
+    order: Literal["shuffle", "sorted"] = "shuffle"
     max_options: int = 4
 
     def __post_init__(self) -> None:
@@ -123,6 +122,7 @@ def resolve_pattern(pattern: Mapping[str, str], vocab: Vocabulary, key: str) -> 
 
 
 def matches(info: SubsetInfo, pattern: Mapping[str, str], vocab: Vocabulary) -> bool:
+    """True when the subset has every element the (canonical) pattern gives; the task after merging."""
     if "modality" in pattern and info.modality != pattern["modality"]:
         return False
     if "area" in pattern and info.area != pattern["area"]:
@@ -188,12 +188,14 @@ def select_train(
         return resolve_ids(items, subsets, vocab, key)
     if selector == "none":
         return []
-    tinfo = [subsets[t] for t in targets]
+    target_infos = [subsets[t] for t in targets]
     out = []
     for sid, info in subsets.items():
         if sid in targets or info.status not in train_status:
             continue
-        shared = set().union(*(shared_elements(info, t, vocab) for t in tinfo)) if tinfo else set()
+        shared = (
+            set().union(*(shared_elements(info, t, vocab) for t in target_infos)) if target_infos else set()
+        )
         if selector == "related" and not shared:
             continue
         if selector == "unrelated" and shared:

@@ -2,10 +2,11 @@
 
 Groups that hold detection rows (rows with a ground-truth ``box``) also get ``ciou``
 (cumulative IoU = sum of intersections / sum of unions, the paper's Table 5 metric, via
-:func:`cgmed.eval.parse.ciou`), ``mean_iou``, ``acc_iou50``, ``n_det`` and ``ciou_ci95`` (a
+:func:`cgmed.data.boxes.ciou`), ``mean_iou``, ``acc_iou50``, ``n_det`` and ``ciou_ci95`` (a
 bootstrap over rows). In a mixed group ``accuracy`` counts every row (a detection row is
 correct at IoU >= 0.5) and ``chance`` averages the classification rows only; a group without
-classification rows has ``chance`` NaN. Groups without detection rows are as before.
+classification rows has ``chance`` NaN. Groups without detection rows get ``accuracy``, ``n``,
+``chance`` and ``ci95`` only.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from cgmed.data.boxes import ciou, inter_union
+from cgmed.data.boxes import ciou, inter_union, is_detection_row
 
 
 def bootstrap_ci(correct: Sequence[bool], n_boot: int, seed: int, level: float = 0.95) -> tuple[float, float]:
@@ -30,10 +31,6 @@ def bootstrap_ci(correct: Sequence[bool], n_boot: int, seed: int, level: float =
     means = x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(axis=1)
     lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
     return (float(lo), float(hi))
-
-
-def _is_det(row: Mapping[str, Any]) -> bool:
-    return row.get("box") is not None
 
 
 def ciou_bootstrap_ci(
@@ -70,8 +67,8 @@ def summary(rows: Sequence[Mapping[str, Any]], n_boot: int, seed: int) -> dict[s
     """``accuracy``, ``n``, ``chance`` (mean of 1/#options) and ``ci95`` of a group of predictions,
     plus the detection metrics when the group holds detection rows (module docstring)."""
     correct = [bool(r["correct"]) for r in rows]
-    det = [r for r in rows if _is_det(r)]
-    cls = [r for r in rows if not _is_det(r)] if det else rows
+    det = [r for r in rows if is_detection_row(r)]
+    cls = [r for r in rows if not is_detection_row(r)] if det else rows
     # A box has no chance level: a group of detection rows only gets NaN, as an empty group does.
     chance = float(np.mean([1.0 / max(1, len(r["options"])) for r in cls])) if cls else float("nan")
     out = {

@@ -3,6 +3,40 @@
 :func:`parse_choice` maps a generated free-text answer to the letter of one option (or None);
 :func:`parse_choice_detail` also says why. Boxes are read by :func:`cgmed.data.boxes.parse_box`.
 Everything here is deterministic pure Python (it runs on every generated answer).
+
+How an answer is read, rule by rule in order:
+
+1. Markdown (``*``, backticks, ``__``) is dropped; blank text is ``"empty"``.
+2. Option texts are found as whole word sequences, case-insensitive, ignoring punctuation
+   other than ``+ % < > =`` ("Level 1" never matches inside "Level 10", "normal" never
+   inside "abnormal"); a comma-joined multi-label also matches in any part order. A match
+   contained in a longer match is dropped ("no tumor" names "No tumor", not "Tumor"). The
+   matched text is masked, so letters inside option texts are never letters.
+3. Declared letters: a line that is only a letter in either case, with optional brackets
+   or punctuation (``B``, ``b``, ``(B)``, ``[B]``, ``B.``, ``B)``); a line starting with a
+   delimited letter (``B. Cyst``, ``B: Cyst``, ``B) Cyst``, ``(B) Cyst``; not ``E.g.``);
+   an answer statement (``Answer: B``, ``The answer is B.``, ``The correct option is (B)``,
+   ``option B``). In an answer statement a letter followed by a word must be a capital
+   B-J, or ``A`` after option/choice/letter: "the answer is a cyst" holds no letter.
+4. A refusal (``I'm sorry``, ``I cannot ...``, ``unable to determine``, ``As an AI``,
+   ``none of the above``, ...) is ``"refusal"`` unless a letter is declared (rule 3): an
+   explicit answer beats a hedge.
+5. Two different letters offered together (``A or B``, ``A/B``, ``(A) and (C)``, also out of
+   range ones) are ``"ambiguous"``.
+6. If letters are declared: two different ones are ``"ambiguous"``; one beyond the options
+   (``E`` with four options, any of A-Z) is ``"out_of_range"``.
+7. Otherwise other in-range mentions count: a bracketed letter ``(b)`` or a bare capital in
+   running text (``I think it's B``), but not the article ``A`` (an ``A`` followed by a word
+   other than or/and/is/...; ``A cyst is visible.`` names Cyst by text), not the pronoun ``I``
+   (unless there are 9+ options), not abbreviations (``E. coli``), never a lowercase bare
+   letter, and never a letter inside a word (``B-cell``, ``I'm``). Two different ones are
+   ``"ambiguous"``; mentions beyond the options are ignored.
+8. A letter from rule 6 or 7 must agree with the option texts (chosen: contradictions are
+   None, reason ``"ambiguous"``): an option text attached to it (``B: Tumor``, ``Tumor (B)``)
+   must be its own, and if the answer names any option text, one must be its own (``B. The
+   lesion is a tumor`` with B = Cyst is None; ``B. Cyst, not a tumor`` is B).
+9. Without a letter: exactly one option named is ``"option_text"``; several are
+   ``"ambiguous"`` (``Cyst and Tumor``); none is ``"no_match"``.
 """
 
 from __future__ import annotations
@@ -16,10 +50,6 @@ from cgmed.data.choices import LETTERS
 
 #: The reasons :func:`parse_choice_detail` returns.
 REASONS = ("letter", "option_text", "ambiguous", "refusal", "out_of_range", "empty", "no_match")
-
-# ---------------------------------------------------------------------------------------------
-# Multiple choice
-# ---------------------------------------------------------------------------------------------
 
 _MARKUP = re.compile(r"\*+|`+|__+")
 _QUOTES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u201c": '"', "\u201d": '"'})
@@ -213,56 +243,30 @@ def parse_choice_detail(text: str | None, options: Sequence[str]) -> tuple[str |
 
     ``options`` are the option texts in shown order (letter i is ``"ABCDEFGHIJ"[i]``). Reasons:
     ``"letter"``, ``"option_text"`` (an answer), ``"ambiguous"``, ``"refusal"``,
-    ``"out_of_range"``, ``"empty"``, ``"no_match"`` (no answer).
-
-    Rules, in order:
-
-    1. Markdown (``*``, backticks, ``__``) is dropped; blank text is ``"empty"``.
-    2. Option texts are found as whole word sequences, case-insensitive, ignoring punctuation
-       other than ``+ % < > =`` ("Level 1" never matches inside "Level 10", "normal" never
-       inside "abnormal"); a comma-joined multi-label also matches in any part order. A match
-       contained in a longer match is dropped ("no tumor" names "No tumor", not "Tumor"). The
-       matched text is masked, so letters inside option texts are never letters.
-    3. Declared letters: a line that is only a letter in either case, with optional brackets
-       or punctuation (``B``, ``b``, ``(B)``, ``[B]``, ``B.``, ``B)``); a line starting with a
-       delimited letter (``B. Cyst``, ``B: Cyst``, ``B) Cyst``, ``(B) Cyst``; not ``E.g.``);
-       an answer statement (``Answer: B``, ``The answer is B.``, ``The correct option is (B)``,
-       ``option B``). In an answer statement a letter followed by a word must be a capital
-       B-J, or ``A`` after option/choice/letter: "the answer is a cyst" holds no letter.
-    4. A refusal (``I'm sorry``, ``I cannot ...``, ``unable to determine``, ``As an AI``,
-       ``none of the above``, ...) is ``"refusal"`` unless a letter is declared (rule 3): an
-       explicit answer beats a hedge.
-    5. Two different letters offered together (``A or B``, ``A/B``, ``(A) and (C)``, also out of
-       range ones) are ``"ambiguous"``.
-    6. If letters are declared: two different ones are ``"ambiguous"``; one beyond the options
-       (``E`` with four options, any of A-Z) is ``"out_of_range"``.
-    7. Otherwise other in-range mentions count: a bracketed letter ``(b)`` or a bare capital in
-       running text (``I think it's B``), but not the article ``A`` (an ``A`` followed by a word
-       other than or/and/is/...; ``A cyst is visible.`` names Cyst by text), not the pronoun ``I``
-       (unless there are 9+ options), not abbreviations (``E. coli``), never a lowercase bare
-       letter, and never a letter inside a word (``B-cell``, ``I'm``). Two different ones are
-       ``"ambiguous"``; mentions beyond the options are ignored.
-    8. A letter from rule 6 or 7 must agree with the option texts (chosen: contradictions are
-       None, reason ``"ambiguous"``): an option text attached to it (``B: Tumor``, ``Tumor (B)``)
-       must be its own, and if the answer names any option text, one must be its own (``B. The
-       lesion is a tumor`` with B = Cyst is None; ``B. Cyst, not a tumor`` is B).
-    9. Without a letter: exactly one option named is ``"option_text"``; several are
-       ``"ambiguous"`` (``Cyst and Tumor``); none is ``"no_match"``.
+    ``"out_of_range"``, ``"empty"``, ``"no_match"`` (no answer). The rules are listed in the
+    module docstring (rule numbers below refer to them).
     """
     if text is None:
         return None, "empty"
-    s = _MARKUP.sub("", str(text)).translate(_QUOTES).strip()
+    s = _MARKUP.sub("", str(text)).translate(_QUOTES).strip()  # rule 1
     if not s:
         return None, "empty"
     opts = tuple(str(o) for o in options)
-    n = len(opts)
-    spans, masked = _option_spans(s, opts)
-
-    declared = _declared(masked)
-    if not declared and _REFUSAL.search(masked):
+    spans, masked = _option_spans(s, opts)  # rule 2
+    declared = _declared(masked)  # rule 3
+    if not declared and _REFUSAL.search(masked):  # rule 4
         return None, "refusal"
-    if _disjunction(masked, n):
+    if _disjunction(masked, len(opts)):  # rule 5
         return None, "ambiguous"
+    by_letter = _letter_answer(masked, declared, spans, len(opts))  # rules 6-8
+    return by_letter if by_letter is not None else _option_text_answer(spans)  # rule 9
+
+
+def _letter_answer(
+    masked: str, declared: list[tuple[str, int, int]], spans: list[tuple[int, int, int]], n: int
+) -> tuple[str | None, str] | None:
+    """Rules 6-8: the declared letter, or else the letters mentioned, checked against the option
+    texts; None when the answer holds no letter."""
     letters = declared
     if declared:
         if len({t[0] for t in declared}) > 1:
@@ -273,11 +277,15 @@ def parse_choice_detail(text: str | None, options: Sequence[str]) -> tuple[str |
         letters = _mentioned(masked, n)
         if len({t[0] for t in letters}) > 1:
             return None, "ambiguous"
-    if letters:
-        if not _consistent(masked, letters, spans):
-            return None, "ambiguous"
-        return letters[0][0], "letter"
+    if not letters:
+        return None
+    if not _consistent(masked, letters, spans):
+        return None, "ambiguous"
+    return letters[0][0], "letter"
 
+
+def _option_text_answer(spans: list[tuple[int, int, int]]) -> tuple[str | None, str]:
+    """Rule 9: exactly one option named by its text is the answer; several are ambiguous."""
     named = {i for _, _, i in spans}
     if len(named) == 1:
         return LETTERS[named.pop()], "option_text"
@@ -289,5 +297,5 @@ def parse_choice_detail(text: str | None, options: Sequence[str]) -> tuple[str |
 def parse_choice(text: str | None, options: Sequence[str]) -> str | None:
     """The option letter ``text`` means, or None (ambiguous, refusal, out of range, no answer).
 
-    See :func:`parse_choice_detail` for the rules."""
+    The rules are listed in the module docstring; :func:`parse_choice_detail` also gives the reason."""
     return parse_choice_detail(text, options)[0]

@@ -10,13 +10,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+from cgmed.data.boxes import is_detection_row
+from cgmed.data.manifest import write_jsonl
 from cgmed.eval.metrics import results
 from cgmed.eval.score import (
     DETECTION_IOU,
     EvalConfig,
     Scorer,
     ShotPool,
-    is_detection,
     load_for_eval,
     read_manifest,
     score_records,
@@ -28,6 +29,38 @@ def _shard(n: int, world: int, rank: int) -> range:
     per, extra = divmod(n, world)
     start = rank * per + min(rank, extra)
     return range(start, start + per + (1 if rank < extra else 0))
+
+
+def results_document(
+    rows: list[dict[str, Any]],
+    records: list[dict[str, Any]],
+    eval_cfg: EvalConfig,
+    scorer: Scorer,
+    pool: ShotPool | None,
+    model_path: str,
+    test_manifest: str,
+) -> dict[str, Any]:
+    """``results.json``: the metrics of ``rows`` and how they were obtained."""
+    doc = results(rows, eval_cfg.bootstrap, eval_cfg.seed)
+    doc["method"] = eval_cfg.method + (" (circular)" if eval_cfg.circular else "")
+    if any(is_detection_row(r) for r in records):
+        doc["detection"] = {
+            "method": "generation",
+            "max_new_tokens": scorer.box_tokens(),
+            "correct_at_iou": DETECTION_IOU,
+            "metric": "ciou (sum of intersections / sum of unions)",
+        }
+    if pool:
+        doc["shots"] = {"per_label": pool.per_label, "pool": pool.path, "seed": eval_cfg.shot_seed}
+    doc["model"] = str(model_path)
+    doc["test_manifest"] = str(test_manifest)
+    return doc
+
+
+def _write(out_dir: Path, rows: list[dict[str, Any]], doc: dict[str, Any]) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_jsonl(out_dir / "predictions.jsonl", rows)
+    (out_dir / "results.json").write_text(json.dumps(doc, indent=1) + "\n")
 
 
 def evaluate(
@@ -56,32 +89,15 @@ def evaluate(
         pool.check(records)
     state = PartialState(cpu=not torch.cuda.is_available())
     if model is None:
-        loaded = load_for_eval(model_path, family, dtype, eval_cfg.base, **(processor_kwargs or {}))
-        loaded[0].to(state.device)
-    else:
-        loaded = model
-    scorer = Scorer(*loaded, method=eval_cfg.method, max_new_tokens=eval_cfg.max_new_tokens)
+        model = load_for_eval(model_path, family, dtype, eval_cfg.base, **(processor_kwargs or {}))
+        model[0].to(state.device)
+    scorer = Scorer(*model, method=eval_cfg.method, max_new_tokens=eval_cfg.max_new_tokens)
     mine = [records[i] for i in _shard(len(records), state.num_processes, state.process_index)]
     rows = score_records(scorer, mine, eval_cfg.batch_size, eval_cfg.circular, pool, eval_cfg.shot_seed)
     if state.num_processes > 1:
         rows = gather_object(rows)  # rank order = manifest order
-    doc = results(rows, eval_cfg.bootstrap, eval_cfg.seed)
-    doc["method"] = eval_cfg.method + (" (circular)" if eval_cfg.circular else "")
-    if any(is_detection(r) for r in records):
-        doc["detection"] = {
-            "method": "generation",
-            "max_new_tokens": scorer.box_tokens(),
-            "correct_at_iou": DETECTION_IOU,
-            "metric": "ciou (sum of intersections / sum of unions)",
-        }
-    if pool:
-        doc["shots"] = {"per_label": pool.per_label, "pool": pool.path, "seed": eval_cfg.shot_seed}
-    doc["model"] = str(model_path)
-    doc["test_manifest"] = str(test_manifest)
+    doc = results_document(rows, records, eval_cfg, scorer, pool, model_path, test_manifest)
     if state.is_main_process:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with open(out_dir / "predictions.jsonl", "w", encoding="utf-8") as fh:
-            fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-        (out_dir / "results.json").write_text(json.dumps(doc, indent=1) + "\n")
+        _write(out_dir, rows, doc)
     state.wait_for_everyone()
     return doc

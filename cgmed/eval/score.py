@@ -8,9 +8,9 @@ every rotation is right.
 
 Detection records (a ``box``, no options) are always answered by generation, whatever
 ``eval.method`` says (there are no options to score), with room for a whole box
-(:meth:`Scorer.box_tokens`); the text is read with :func:`cgmed.eval.parse.parse_box` and the
+(:meth:`Scorer.box_tokens`); the text is read with :func:`cgmed.data.boxes.parse_box` and the
 row gets ``pred_box``, ``box``, ``iou`` and ``correct`` = IoU >= 0.5 (``DETECTION_IOU``).
-Manifests may mix both kinds.
+A manifest may mix detection and multiple-choice records.
 
 Few-shot prompting (``eval.shots=N``; the paper's Table 16) puts N examples per label of the
 question's subset before it, as earlier chat turns each with its image and its answer letter.
@@ -28,11 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from cgmed.data.boxes import format_box, iou, parse_box
+from cgmed.data.boxes import check_box, format_box, iou, is_detection_row, parse_box
 from cgmed.data.choices import LETTERS, format_question, parse_question_choice
+from cgmed.data.manifest import iter_jsonl_numbered
 from cgmed.data.record import rng_for
 from cgmed.errors import ConfigError, DataError
-from cgmed.models.collate import Collator, load_image
+from cgmed.eval.parse import parse_choice
+from cgmed.models.collate import Collator, load_image, should_add_special_tokens
 from cgmed.models.registry import BackboneAdapter, detect_family, get_adapter
 
 DETECTION_IOU = 0.5  # a detection counts as correct at IoU >= 0.5 (the usual Acc@0.5)
@@ -101,59 +103,43 @@ def load_for_eval(
     return model.eval(), processor, adapter
 
 
-def is_detection(record: dict[str, Any]) -> bool:
-    """A detection record: it carries a ground-truth ``box`` (and no options)."""
-    return record.get("box") is not None
-
-
 def _check_detection(r: dict[str, Any], where: str) -> None:
+    """A detection record: a well-formed box, no options, and the box as its answer."""
     box = r["box"]
-    if (
-        not isinstance(box, list)
-        or len(box) != 4
-        or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in box)
-        or not all(0 <= v <= 100 for v in box)
-        or box[0] > box[2]
-        or box[1] > box[3]
-    ):
+    try:
+        check_box(box)
+    except ValueError as err:
         raise DataError(
-            where, f"box {box!r} is not [x1, y1, x2, y2] on the 0-100 grid with x1 <= x2, y1 <= y2"
-        )
+            where, f"box {box!r} is not [x1, y1, x2, y2] on the 0-100 grid with x1 <= x2, y1 <= y2 ({err})"
+        ) from None
     if r.get("options"):
         raise DataError(where, f"a detection record (with a box) has options {r['options']!r}")
     if r.get("answer") != format_box(box):
         raise DataError(where, f"answer {r.get('answer')!r} is not the box {format_box(box)}")
 
 
+def _check_choice(r: dict[str, Any], where: str) -> None:
+    """A multiple-choice record: its answer letter points at one of its options, the label's."""
+    opts = r.get("options") or []
+    if not (2 <= len(opts) <= len(LETTERS)) or r.get("answer") not in LETTERS[: len(opts)]:
+        raise DataError(where, f"answer {r.get('answer')!r} does not point at one of {len(opts)} options")
+    chosen = opts[LETTERS.index(r["answer"])]
+    if chosen != r.get("label", chosen):
+        raise DataError(where, f"answer {r['answer']} is {chosen!r}, label is {r['label']!r}")
+
+
 def read_manifest(path: str | Path) -> list[dict[str, Any]]:
     """Test records, each checked: the answer letter must point at one of its options, or for a
-    detection record (``box`` present) the answer must be that box with no options."""
+    detection record (``box`` present) the answer must be that box with no options. A record
+    that fails is named by ``file:line``."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError("data.test_manifest", f"{p} does not exist", "build one with cgmed-data build")
     rows = []
-    for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{p}:{i}", f"malformed manifest line: {err.msg}") from None
-        if is_detection(r):
-            _check_detection(r, f"{p}:{i}")
-            rows.append(r)
-            continue
-        opts = r.get("options") or []
-        if not (2 <= len(opts) <= len(LETTERS)) or r.get("answer") not in LETTERS[: len(opts)]:
-            raise DataError(
-                f"{p}:{i}", f"answer {r.get('answer')!r} does not point at one of {len(opts)} options"
-            )
-        if opts[LETTERS.index(r["answer"])] != r.get("label", opts[LETTERS.index(r["answer"])]):
-            raise DataError(
-                f"{p}:{i}",
-                f"answer {r['answer']} is {opts[LETTERS.index(r['answer'])]!r}, label is {r['label']!r}",
-            )
-        rows.append(r)
+    for line, record in iter_jsonl_numbered(p):
+        check = _check_detection if is_detection_row(record) else _check_choice
+        check(record, f"{p}:{line}")
+        rows.append(record)
     if not rows:
         raise DataError(str(p), "the test set is empty", "check the split (split_meta.json)")
     return rows
@@ -195,7 +181,7 @@ class ShotPool:
                 "check split_meta.json's counts, or evaluate without shots",
             )
         for r in read_manifest(path):
-            if is_detection(r):
+            if is_detection_row(r):
                 raise DataError(
                     self.path, f"record {r['id']} is a detection record; shots are multiple-choice"
                 )
@@ -206,7 +192,7 @@ class ShotPool:
         """Fail before the model loads if some question cannot get its examples."""
         fix = f"rebuild the split with split.shots_per_label >= {self.per_label}, or lower eval.shots"
         for r in records:
-            if is_detection(r):
+            if is_detection_row(r):
                 raise DataError(
                     f"record {r['id']}", "few-shot prompting (eval.shots) covers multiple-choice records only"
                 )
@@ -262,6 +248,7 @@ class Scorer:
         self.tok = processor.tokenizer
         self._letter_ids: dict[int, list[int]] = {}
         self._collator = Collator(adapter, processor, max_length=1 << 30)
+        self._box_tokens: int | None = None
 
     def letter_ids(self, n: int) -> list[int]:
         """The first answer token of each letter, as the chat template writes the answer."""
@@ -278,7 +265,7 @@ class Scorer:
     def box_tokens(self) -> int:
         """New tokens a box answer may need: the longest box under this tokenizer, plus room for
         a closing token and a little chatter; at least ``max_new_tokens`` and MIN_BOX_TOKENS."""
-        if not hasattr(self, "_box_tokens"):
+        if self._box_tokens is None:
             longest = len(self.tok("{<100><100><100><100>}", add_special_tokens=False)["input_ids"])
             self._box_tokens = max(self.max_new_tokens, MIN_BOX_TOKENS, longest + 8)
         return self._box_tokens
@@ -313,8 +300,7 @@ class Scorer:
             [load_image(p) for _, _, p in ex] + [load_image(img)]
             for img, ex in zip(images, shots, strict=True)
         ]
-        bos = self.tok.bos_token
-        add = not (bos is not None and prompts[0].startswith(bos))
+        add = should_add_special_tokens(self.tok, prompts[0])
         side = self.tok.padding_side
         self.tok.padding_side = "left"  # the prompt ends at the last position of every row
         try:
@@ -363,8 +349,6 @@ class Scorer:
         import torch
 
         if self.method != "option_scoring":
-            from cgmed.eval.parse import parse_choice
-
             texts = self.generate([(q, img) for q, _, img in items], self.max_new_tokens, shots)
             return [(parse_choice(t, opts), t) for t, (_, opts, _) in zip(texts, items, strict=True)]
         inputs = self._inputs([q for q, _, _ in items], [img for _, _, img in items], shots)
@@ -401,6 +385,85 @@ def detection_row(record: dict[str, Any], text: str | None) -> dict[str, Any]:
     return row
 
 
+@dataclass
+class Ask:
+    """One multiple-choice question put to the model: a record (by position) in one option order."""
+
+    record: int
+    question: str
+    options: list[str]
+    answer: str  # the right letter in this option order
+
+
+@dataclass
+class Answered:
+    """The model's answer to one :class:`Ask`."""
+
+    pred: str | None  # the letter read from the answer (None: none could be read)
+    text: str | None  # the generated text (None under option scoring)
+    answer: str  # the right letter
+
+
+def _detection_rows(scorer: Scorer, records: Sequence[dict[str, Any]], batch_size: int) -> dict[int, dict]:
+    """Prediction rows of the detection records, by position, generated in batches of their own."""
+    det = [i for i, r in enumerate(records) if is_detection_row(r)]
+    rows: dict[int, dict] = {}
+    for start in range(0, len(det), batch_size):
+        chunk = det[start : start + batch_size]
+        texts = scorer.generate(
+            [(records[i]["question"], records[i]["image"]) for i in chunk], scorer.box_tokens()
+        )
+        for i, text in zip(chunk, texts, strict=True):
+            rows[i] = detection_row(records[i], text)
+    return rows
+
+
+def _answer_choices(
+    scorer: Scorer,
+    records: Sequence[dict[str, Any]],
+    positions: Sequence[int],
+    batch_size: int,
+    circular: bool,
+    drawn: dict[int, list[Shot]] | None,
+) -> dict[int, list[Answered]]:
+    """The answers to every question of the multiple-choice records at ``positions`` (each
+    rotation of its options when ``circular``), asked in batches after the drawn examples."""
+    asks = [Ask(i, q, opts, ans) for i in positions for q, opts, ans in rotations(records[i], circular)]
+    answered: dict[int, list[Answered]] = {}
+    for start in range(0, len(asks), batch_size):
+        chunk = asks[start : start + batch_size]
+        shots = [drawn[a.record] for a in chunk] if drawn is not None else None
+        replies = scorer.answer([(a.question, a.options, records[a.record]["image"]) for a in chunk], shots)
+        for a, (pred, text) in zip(chunk, replies, strict=True):
+            answered.setdefault(a.record, []).append(Answered(pred, text, a.answer))
+    return answered
+
+
+def choice_row(
+    record: dict[str, Any], answers: Sequence[Answered], circular: bool, shots: Sequence[Shot] | None = None
+) -> dict[str, Any]:
+    """The prediction row of a multiple-choice record; right only if every asked rotation is."""
+    first = answers[0]
+    row = {
+        "id": record["id"],
+        "subset": record["subset"],
+        "modality": record["modality"],
+        "area": record["area"],
+        "task": record["task"],
+        "options": record["options"],
+        "answer": record["answer"],
+        "pred": first.pred,
+        "correct": all(a.pred == a.answer for a in answers),
+    }
+    if first.text is not None:
+        row["text"] = first.text
+    if circular:
+        row["circular_preds"] = [a.pred for a in answers]
+    if shots is not None:
+        row["shots"] = [image for _, _, image in shots]
+    return row
+
+
 def score_records(
     scorer: Scorer,
     records: Sequence[dict[str, Any]],
@@ -414,57 +477,16 @@ def score_records(
     Detection records are generated in batches of their own (see the module docstring);
     classification rows are exactly what they would be in a manifest without detection records.
     With a ``shot_pool`` every question (each rotation alike) follows its drawn examples,
-    whose ids the row lists under ``shots``.
+    whose images the row lists under ``shots``.
     """
-    det = [i for i, r in enumerate(records) if is_detection(r)]
-    det_rows: dict[int, dict] = {}
-    for start in range(0, len(det), batch_size):
-        chunk = det[start : start + batch_size]
-        texts = scorer.generate(
-            [(records[i]["question"], records[i]["image"]) for i in chunk], scorer.box_tokens()
-        )
-        for i, text in zip(chunk, texts, strict=True):
-            det_rows[i] = detection_row(records[i], text)
-    drawn = {
-        i: shot_pool.draw(r, shot_seed) for i, r in enumerate(records) if shot_pool and i not in det_rows
-    }
-    asks = []  # (record index, question, options, answer)
-    for i, r in enumerate(records):
-        if i in det_rows:
-            continue
-        for q, opts, ans in rotations(r, circular):
-            asks.append((i, q, opts, ans))
-    answers: list[tuple[str | None, str | None]] = []
-    for start in range(0, len(asks), batch_size):
-        chunk = asks[start : start + batch_size]
-        shots = [drawn[i] for i, *_ in chunk] if shot_pool else None
-        answers += scorer.answer([(q, opts, records[i]["image"]) for i, q, opts, _ in chunk], shots)
-    per_record: dict[int, list] = {}
-    for (i, _, _, ans), (pred, text) in zip(asks, answers, strict=True):
-        per_record.setdefault(i, []).append((pred, text, ans))
+    det_rows = _detection_rows(scorer, records, batch_size)
+    choices = [i for i in range(len(records)) if i not in det_rows]
+    drawn = {i: shot_pool.draw(records[i], shot_seed) for i in choices} if shot_pool is not None else None
+    answered = _answer_choices(scorer, records, choices, batch_size, circular, drawn)
     rows = []
-    for i, r in enumerate(records):
+    for i, record in enumerate(records):
         if i in det_rows:
             rows.append(det_rows[i])
-            continue
-        got = per_record[i]
-        first_pred, first_text, _ = got[0]
-        row = {
-            "id": r["id"],
-            "subset": r["subset"],
-            "modality": r["modality"],
-            "area": r["area"],
-            "task": r["task"],
-            "options": r["options"],
-            "answer": r["answer"],
-            "pred": first_pred,
-            "correct": all(p == a for p, _, a in got),
-        }
-        if first_text is not None:
-            row["text"] = first_text
-        if circular:
-            row["circular_preds"] = [p for p, _, _ in got]
-        if shot_pool:
-            row["shots"] = [img for _, _, img in drawn[i]]
-        rows.append(row)
+        else:
+            rows.append(choice_row(record, answered[i], circular, None if drawn is None else drawn[i]))
     return rows
