@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from cgmed.data import synth
+from cgmed.data.catalog import build_catalog
 from cgmed.data.choices import LETTERS, parse_question_choice
 from cgmed.data.source import BadSamples, DataConfig, MedMatSource
 from cgmed.data.subsets import MEDMAT_SUBSETS
@@ -510,3 +511,181 @@ def test_medmat_findings_are_consistent_and_visible():
         for t, lab in (("State", "Abnormal"), ("COVID", "COVID-19"), ("Cancer", "Tumor"))
     }
     assert len(diseased) == 1
+
+
+# ------------------------------------------------------------------ medmat multi-label subsets
+
+MULTI_IDS = ["15", "20", "31", "33", "37"]
+# sha256 of the record files and catalog of medmat_cfg()'s world as written before multi-label
+# subsets existed: with the switch off the stand-in must not change. A deliberate change of the
+# stand-in's records updates it. (PNG bytes depend on the zlib build, so only text is pinned.)
+MEDMAT_RECORDS_DIGEST = "10f89f0aa0be62a94a9324afb3b0d863f27a7c41b5c6fda53e131c043912175c"
+
+
+def multi_cfg(**kw) -> SynthConfig:
+    # subset 31 cycles through 16 label sets: 32 images give each set at least two
+    return medmat_cfg(medmat_multi_label=True, images_per_subset=32, test_fraction=0.25, **kw)
+
+
+def records_digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for path in [*sorted((root / "Aggregated_Subsets").iterdir()), root / "cgmed_catalog.json"]:
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def canonical(parts: list[str]) -> str:
+    return ", ".join(sorted(parts, key=str.lower))
+
+
+@pytest.fixture(scope="module")
+def multi_world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("medmat_multi")
+    write_release(multi_cfg(), root)
+    return root
+
+
+def test_label_set_text():
+    assert synth.format_label_set(["Nodule", "Effusion"]) == "Effusion, Nodule"
+    assert synth.format_label_set([]) == "Normal"
+    assert synth.parse_label_set("Effusion, Nodule") == ["Effusion", "Nodule"]
+    assert synth.parse_label_set("Normal") == []
+    sets = synth.multi_label_sets(["Mass", "Asymmetry", "Nipple retraction"])
+    assert sets == (
+        "Normal",
+        "Asymmetry",
+        "Mass",
+        "Nipple retraction",
+        "Asymmetry, Mass",
+        "Asymmetry, Nipple retraction",
+        "Mass, Nipple retraction",
+    )
+
+
+def test_multi_label_subsets_hold_canonical_label_sets(multi_world):
+    root = multi_world
+    catalog = {e["id"]: e for e in json.loads((root / "cgmed_catalog.json").read_text())["subsets"]}
+    agg = root / "Aggregated_Subsets"
+    assert catalog["20"]["findings"] == ["Eosinophil", "Lymphocyte", "Neutrophil"]  # subset 18's cells
+    for sid in MEDMAT_IDS:
+        entry = catalog[sid]
+        records = read(agg / f"Subset--{sid}-train.json") + read(agg / f"Subset--{sid}-test.json")
+        if sid not in MULTI_IDS:
+            assert "findings" not in entry
+            assert all(r["caption"] in synth.MEDMAT_TASK_LABELS[entry["task"]] for r in records)
+            continue
+        findings = synth.MEDMAT_MULTI_LABEL_FINDINGS[sid]
+        assert 2 <= len(findings) <= 4 and entry["findings"] == findings
+        observed = {r["caption"] for r in records}
+        assert observed == set(entry["labels"]) == set(synth.multi_label_sets(findings))
+        for r in records:
+            assert set(r) == FIELDS and r["caption"] == r["Answer"]
+            parts = r["caption"].split(", ")
+            if r["caption"] != "Normal":
+                assert 1 <= len(parts) <= 2 and set(parts) <= set(findings)
+                assert r["caption"] == canonical(parts)  # one written order per set
+            _, options = parse_question_choice(r["Question-choice"])
+            assert set(options) <= observed and len(set(options)) == len(options) == 4
+            assert options[LETTERS.index(r["Answer-choice"])] == r["caption"]
+            assert r["image"].startswith(f"med-mat/Synth {sid} ") and (root / r["image"]).is_file()
+        counts = Counter(r["caption"] for r in records)
+        pairs = [s for s in observed if ", " in s]
+        assert pairs and max(counts[s] for s in pairs) <= min(counts[f] for f in findings)  # pairs rarer
+
+
+def test_multi_label_images_show_every_finding_apart():
+    cfg = multi_cfg()
+    pool = cfg.classification_labels()
+    by_name: dict[tuple[str, str], synth.Finding] = {}
+    for spec in cfg.subsets():
+        if not spec.findings:
+            continue
+        looks = {name: synth.finding_for(spec.task, name, pool[spec.task]) for name in spec.findings}
+        assert len(set(looks.values())) == len(looks), spec.id  # each finding keeps its own look
+        for name, look in looks.items():
+            assert by_name.setdefault((spec.task, name), look) == look
+        for seed in (0, 1, 2):
+            drawn = {}
+            for label_set in spec.labels:
+                names = synth.parse_label_set(label_set)
+                img, masks = synth.render_findings(
+                    spec.modality, spec.area, [looks[n] for n in names], random.Random(seed), 32
+                )
+                assert len(masks) == len(names)
+                for mask, name in zip(masks, names, strict=True):
+                    assert mask.sum() >= 6, (spec.id, label_set, name)  # visible at 32 px
+                    painted = pixels(img)[mask]  # whole, in its own colour
+                    assert np.all(painted == painted[0])
+                    colour = np.array(looks[name].colour)
+                    assert np.linalg.norm(painted[0] - colour) <= 0.1 * np.linalg.norm(colour) + 2
+                if len(masks) == 2:
+                    assert not np.any(masks[0] & masks[1]), (spec.id, label_set)  # apart
+                drawn[label_set] = pixels(img)
+            for a in spec.labels:
+                for b in spec.labels:
+                    if a < b:
+                        assert np.any(drawn[a] != drawn[b], axis=-1).sum() >= 5, (spec.id, a, b)
+    # a finding of a label set looks as in the single-label subsets of its tag: 20's cells as 18's
+    cells = synth.MEDMAT_TASK_LABELS["Recognition"]
+    for name in cells:
+        assert by_name[("Recognition", name)] == synth.finding_for("Recognition", name, cells)
+
+
+def test_multi_label_world_reads_back(multi_world):
+    source = MedMatSource(DataConfig(), multi_world)
+    catalog = build_catalog(source)
+    assert catalog.bad.total == 0, catalog.bad.report()
+    for sid in MULTI_IDS:
+        entry = catalog.subsets[sid]
+        sets = synth.multi_label_sets(synth.MEDMAT_MULTI_LABEL_FINDINGS[sid])
+        assert sorted(entry.labels) == sorted(sets)
+        assert entry.train + entry.test == 32 and entry.test == 8
+    bad = BadSamples()
+    idx = source.index("31", bad)
+    for _, sample in source.load_checked(idx, list(range(len(idx))), bad):
+        assert sample.options[LETTERS.index(sample.answer)] == sample.label
+        assert sample.label == canonical(synth.parse_label_set(sample.label) or ["Normal"])
+    assert bad.total == 0
+
+
+def test_multi_label_world_is_deterministic(multi_world, tmp_path):
+    write_release(multi_cfg(), tmp_path / "again")
+    assert digests(multi_world) == digests(tmp_path / "again")
+
+
+def test_multi_label_switch_off_keeps_todays_world(medmat_world, multi_world, tmp_path):
+    root, _ = medmat_world
+    assert records_digest(root) == MEDMAT_RECORDS_DIGEST
+    # switched on, only the five multi-label subsets change (and the catalog that lists them)
+    off = tmp_path / "off"
+    write_release(dataclasses.replace(multi_cfg(), medmat_multi_label=False), off)
+    a, b = digests(off), digests(multi_world)
+    changed = {k for k in set(a) | set(b) if a.get(k) != b.get(k)}
+    assert {k.split(" ")[1] for k in changed if k.startswith("med-mat/")} == set(MULTI_IDS)
+    assert {k for k in changed if not k.startswith("med-mat/")} == {
+        "cgmed_catalog.json",
+        *(
+            f"Aggregated_Subsets/Subset--{sid}-{split}.json"
+            for sid in MULTI_IDS
+            for split in ("train", "test")
+        ),
+    }
+    assert "medmat_multi_label" not in json.loads((off / "cgmed_catalog.json").read_text())["config"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "key"),
+    [
+        ({"medmat_multi_label": True}, "synth.medmat_multi_label"),  # grid layout
+        ({"layout": "medmat", "medmat_multi_label": "yes"}, "synth.medmat_multi_label"),
+        (
+            {"layout": "medmat", "medmat_multi_label": True, "images_per_subset": 30},
+            "synth.images_per_subset",
+        ),
+    ],
+)
+def test_bad_multi_label_config(kwargs, key):
+    with pytest.raises(ConfigError) as err:
+        SynthConfig(**kwargs)
+    assert err.value.key == key

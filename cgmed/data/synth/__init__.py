@@ -25,8 +25,20 @@ Two layouts (``synth.layout``):
   With ``synth.medmat_detection: true`` it also writes the detection subsets the paper's
   classification <-> detection experiments use (38, 39, 42, 47, 49; Tables 5/13/14), with one
   finding label each (``MEDMAT_DETECTION_LABELS``); segmentation subsets are never written.
-  Configs written for the real release (e.g. ``cgmed/conf/experiment/paper/``) then run unchanged on
-  synthetic pixels.
+  With ``synth.medmat_multi_label: true`` the release's multi-label subsets (15, 20, 31, 33, 37)
+  are written as such (below). Configs written for the real release (e.g.
+  ``cgmed/conf/experiment/paper/``) then run unchanged on synthetic pixels.
+
+**Multi-label subsets** (``medmat`` layout, ``synth.medmat_multi_label: true``): each has 2-4
+individual findings (``MEDMAT_MULTI_LABEL_FINDINGS``); an image shows one or two of them, each
+whole, apart from the other and with its own look (``render_findings``), or none (``Normal``).
+As in the release, ``caption`` and ``Answer`` are the label set, comma-joined in one canonical
+(sorted) order (``format_label_set``: ``"Effusion, Nodule"``), the options are label sets of
+the subset and ``Answer-choice`` points at the record's own set. A subset cycles through Normal
+and each single finding twice and each pair once, so pairs are rarer, as in the release. A
+finding's look is chosen among its task tag's labels (``medmat_task_labels``): it looks the same
+in every subset of the tag (subset 20's cells as subset 18's) and unlike every other label of
+the tag. The catalog lists the label sets as ``labels`` and the findings as ``findings``.
 
 **Detection subsets** (task tag ``Det``, e.g. ``synth.tasks: {Det: [Tumor]}``): the labels are
 finding names (no ``Normal``: there would be nothing to box). Each image draws its label's
@@ -49,27 +61,34 @@ independent of iteration order.
 Where things live:
 
 - ``config``: ``SynthConfig``, the ``synth`` config group and its checks;
-- ``layout``: which subsets a layout holds, their names, folders and the release's directories;
+- ``layout``: which subsets a layout holds, their names, labels (label sets of multi-label
+  subsets), folders and the release's directories;
 - ``looks``: modality palettes and textures, and the finding colours;
-- ``anatomy``: the organ outline of each area and where findings fit in it;
+- ``anatomy``: the organ outline of each area and where one or several findings fit in it;
 - ``findings``: what each label of each task draws;
-- ``drawing``: composing one image (``render``, ``render_detection``) and a box from a mask;
+- ``drawing``: composing one image (``render``, ``render_findings``, ``render_detection``) and a
+  box from a mask;
 - ``release``: ``write_release``, the writer of the whole world.
 """
 
 from cgmed.data.synth.anatomy import AreaShape, area_shape
 from cgmed.data.synth.config import LAYOUTS, OPTION_ORDERS, TEST_FILE_MODES, SynthConfig
-from cgmed.data.synth.drawing import box_from_mask, render, render_detection
+from cgmed.data.synth.drawing import box_from_mask, render, render_detection, render_findings
 from cgmed.data.synth.findings import KINDS, MAX_DOTS, Finding, detection_looks, finding_for, is_normal
 from cgmed.data.synth.layout import (
     CATALOG_FORMAT,
     IMAGES_DIR,
     MEDMAT_DETECTION_LABELS,
     MEDMAT_LAYOUT_IDS,
+    MEDMAT_MULTI_LABEL_FINDINGS,
     MEDMAT_TASK_LABELS,
     SUBSETS_DIR,
     SubsetSpec,
+    format_label_set,
     image_folder,
+    medmat_task_labels,
+    multi_label_sets,
+    parse_label_set,
     subset_name,
 )
 from cgmed.data.synth.looks import (
@@ -98,6 +117,7 @@ __all__ = [
     "MAX_DOTS",
     "MEDMAT_DETECTION_LABELS",
     "MEDMAT_LAYOUT_IDS",
+    "MEDMAT_MULTI_LABEL_FINDINGS",
     "MEDMAT_TASK_LABELS",
     "MIN_CONTRAST",
     "OPTION_ORDERS",
@@ -115,11 +135,16 @@ __all__ = [
     "box_from_mask",
     "detection_looks",
     "finding_for",
+    "format_label_set",
     "image_folder",
     "is_normal",
+    "medmat_task_labels",
+    "multi_label_sets",
     "palette",
+    "parse_label_set",
     "render",
     "render_detection",
+    "render_findings",
     "subset_name",
     "write_release",
 ]

@@ -2,7 +2,8 @@
 
 Sixteen designed outlines (Lung, Brain, Bones, ...) and a deterministic fallback blob for any
 other area. ``area_shape`` measures once how far each anchor point lies from the outline, so a
-finding placed there provably stays inside the organ.
+finding placed there provably stays inside the organ; ``roomy_spots`` does the same for a grid
+of points over the organ, where several findings of one image find room apart.
 """
 
 from __future__ import annotations
@@ -217,3 +218,40 @@ def area_shape(area: str) -> AreaShape:
         clear = float(np.sqrt(((outside - (x, y)) ** 2).sum(axis=1)).min()) if len(outside) else 0.5
         anchors.append((x, y, clear - 1.5 / n * 1.5))  # minus the grid's own error
     return AreaShape(fn, tuple(anchors))
+
+
+_SPOT_STEP = 0.025  # spacing of the candidate points of roomy_spots (unit-square units)
+
+
+@cache
+def roomy_spots(area: str) -> tuple[tuple[float, float, float], ...]:
+    """Points of a regular grid inside the organ, each with its clearance: ``(x, y, clearance)``.
+
+    Clearance is the distance to the nearest point outside the organ or outside the image, so a
+    finding whose extent is below it stays inside both. Where ``area_shape``'s few anchors hold
+    one finding, these points let several findings of one image sit apart from each other.
+    """
+    fn, _ = _AREAS.get(area) or _fallback_area(area)
+    n = 360
+    c = np.linspace(-0.25, 1.25, n)
+    u, v = np.meshgrid(c, c)
+    organ, _ = fn(u, v)
+    organ = organ & (u >= 0) & (u <= 1) & (v >= 0) & (v <= 1)
+    # The outside point nearest to an inside point has an inside neighbour: those suffice.
+    beside = np.zeros_like(organ)
+    beside[1:] |= organ[:-1]
+    beside[:-1] |= organ[1:]
+    beside[:, 1:] |= organ[:, :-1]
+    beside[:, :-1] |= organ[:, 1:]
+    edge = np.stack([u[beside & ~organ], v[beside & ~organ]], axis=1)
+    g = np.arange(1, round(1 / _SPOT_STEP)) * _SPOT_STEP  # inner points only: 0 and 1 are edges
+    gu, gv = np.meshgrid(g, g)
+    inside, _ = fn(gu, gv)
+    points = np.stack([gu[inside], gv[inside]], axis=1)
+    spots = []
+    for x, y in points:
+        clear = float(np.sqrt(((edge - (x, y)) ** 2).sum(axis=1)).min())
+        clear -= 1.5 / n * 1.5  # the grid's own error
+        if clear > 0:
+            spots.append((round(float(x), 6), round(float(y), 6), clear))
+    return tuple(spots)

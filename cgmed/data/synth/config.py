@@ -14,11 +14,11 @@ from typing import Any
 from cgmed.data.subsets import MEDMAT_SUBSETS
 from cgmed.data.synth.findings import is_normal
 from cgmed.data.synth.layout import (
-    MEDMAT_TASK_LABELS,
     SubsetSpec,
     grid_subsets,
     medmat_subset_ids,
     medmat_subsets,
+    medmat_task_labels,
 )
 from cgmed.data.vocab import DETECTION_TASK, Vocabulary
 from cgmed.errors import ConfigError
@@ -53,26 +53,34 @@ class SynthConfig:
     # medmat layout only: also write the detection subsets 38/39/42/45/47/49 (MEDMAT_DETECTION_LABELS).
     # Off by default so that existing medmat worlds (and their cache keys) stay as they were.
     medmat_detection: bool = False
+    # medmat layout only: write the multi-label subsets 15/20/31/33/37 as label sets
+    # (MEDMAT_MULTI_LABEL_FINDINGS), as the release does, instead of single-label subsets.
+    # Off by default so that existing medmat worlds stay as they were.
+    medmat_multi_label: bool = False
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
             raise ConfigError("synth.layout", f"{self.layout!r} is not one of {list(LAYOUTS)}")
-        if not isinstance(self.medmat_detection, bool):
-            raise ConfigError(
-                "synth.medmat_detection", f"must be true or false, got {self.medmat_detection!r}"
-            )
-        if self.medmat_detection and self.layout != "medmat":
-            raise ConfigError(
-                "synth.medmat_detection",
-                f"only applies to layout=medmat (layout is {self.layout!r})",
-                "add a Det task to synth.tasks for a grid world with detection subsets",
-            )
+        self._medmat_switch(
+            "medmat_detection", "add a Det task to synth.tasks for a grid world with detection subsets"
+        )
+        self._medmat_switch("medmat_multi_label", "set synth.layout=medmat, or leave the switch off")
         vocab = Vocabulary()
         self.modalities = self._elements(vocab, "modality", "modalities", self.modalities)
         self.areas = self._elements(vocab, "area", "areas", self.areas)
         self.tasks = self._tasks(vocab)
         self.combinations = self._combinations(vocab)
         self._numbers()
+
+    def _medmat_switch(self, name: str, fix: str) -> None:
+        """A ``synth.medmat_*`` switch: true or false, and true only with layout=medmat."""
+        value = getattr(self, name)
+        if not isinstance(value, bool):
+            raise ConfigError(f"synth.{name}", f"must be true or false, got {value!r}")
+        if value and self.layout != "medmat":
+            raise ConfigError(
+                f"synth.{name}", f"only applies to layout=medmat (layout is {self.layout!r})", fix
+            )
 
     # Each check names the key and says how to fix it; a typo never reaches the generator.
     @staticmethod
@@ -197,7 +205,8 @@ class SynthConfig:
                 f"is 0 but test_file={self.test_file!r} asks for test files",
                 "set it > 0 or test_file=none",
             )
-        most = max(len(spec.labels) for spec in self.subsets())
+        # A multi-label subset repeats some label sets within its cycle: the cycle sets the minimum.
+        most = max(len(spec.label_cycle) for spec in self.subsets())
         if isinstance(self.images_per_subset, bool) or not isinstance(self.images_per_subset, int):
             raise ConfigError(
                 "synth.images_per_subset", f"must be an integer, got {self.images_per_subset!r}"
@@ -205,7 +214,8 @@ class SynthConfig:
         if self.images_per_subset < 2 * most:
             raise ConfigError(
                 "synth.images_per_subset",
-                f"{self.images_per_subset} is fewer than 2 images per label for a task with {most} labels",
+                f"{self.images_per_subset} is fewer than 2 images per label for a subset that cycles "
+                f"through {most} labels",
                 f"set it to at least {2 * most}",
             )
         n_test = self.test_count(1)
@@ -228,13 +238,17 @@ class SynthConfig:
     def subsets(self) -> list[SubsetSpec]:
         """Every subset the generator writes, in file order."""
         if self.layout == "medmat":
-            return medmat_subsets(self.medmat_detection)
+            return medmat_subsets(self.medmat_detection, self.medmat_multi_label)
         return grid_subsets(self.triplets(), self.tasks)
 
     def classification_labels(self) -> dict[str, list[str]]:
-        """Label lists of the world's classification tasks (what Det labels borrow looks from)."""
+        """Label lists of the world's classification tasks, among which each finding's look is chosen.
+
+        Det labels borrow looks from them; in the ``medmat`` layout they include the
+        multi-label findings when ``medmat_multi_label`` is on.
+        """
         if self.layout == "medmat":
-            return {t: list(v) for t, v in MEDMAT_TASK_LABELS.items()}
+            return medmat_task_labels(self.medmat_multi_label)
         return {t: list(v) for t, v in self.tasks.items() if t != DETECTION_TASK}
 
     def has_test_file(self, number: int) -> bool:

@@ -11,6 +11,7 @@ import json
 import random
 import shutil
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,9 +22,16 @@ from cgmed.data.boxes import format_box
 from cgmed.data.record import rng_for
 from cgmed.data.subsets import CATALOG_FILE
 from cgmed.data.synth.config import SynthConfig
-from cgmed.data.synth.drawing import render, render_detection, save_png
-from cgmed.data.synth.findings import Finding, detection_looks
-from cgmed.data.synth.layout import CATALOG_FORMAT, FOLDER_PREFIX, IMAGES_DIR, SUBSETS_DIR, SubsetSpec
+from cgmed.data.synth.drawing import render, render_detection, render_findings, save_png
+from cgmed.data.synth.findings import Finding, detection_looks, finding_for
+from cgmed.data.synth.layout import (
+    CATALOG_FORMAT,
+    FOLDER_PREFIX,
+    IMAGES_DIR,
+    SUBSETS_DIR,
+    SubsetSpec,
+    parse_label_set,
+)
 from cgmed.data.vocab import DETECTION_TASK
 from cgmed.errors import DataError
 
@@ -47,7 +55,8 @@ def write_release(cfg: SynthConfig, out: str | Path) -> dict[str, Any]:
     With ``cfg.layout == "medmat"`` the subsets are Med-MAT's classification subsets 01-37
     (real ids, triplets and ID/OOD status) with ``MEDMAT_TASK_LABELS`` as labels and each
     subset's first source dataset as ``data-no``, plus detection subsets 38/39/42/45/47/49 when
-    ``cfg.medmat_detection``. Det subsets get box records (see the package docstring).
+    ``cfg.medmat_detection``, and multi-label subsets 15/20/31/33/37 (label sets) when
+    ``cfg.medmat_multi_label``. Det subsets get box records (see the package docstring).
     Returns ``{"root", "subsets", "images", "seconds"}``.
     """
     start = time.perf_counter()
@@ -111,6 +120,7 @@ def _write_subset(cfg: SynthConfig, spec: SubsetSpec, root: Path) -> int:
     looks = detection_looks(labels, cfg.classification_labels()) if spec.task == DETECTION_TASK else None
     for label in labels:
         (root / IMAGES_DIR / spec.folder / label).mkdir(parents=True, exist_ok=True)
+    set_looks = _label_set_looks(cfg, spec)
     records: dict[str, list[dict[str, Any]]] = {"train": [], "test": []}
     for slot in _image_slots(cfg, spec):
         # Text draws from its own RNG, so option settings never change the images.
@@ -118,7 +128,7 @@ def _write_subset(cfg: SynthConfig, spec: SubsetSpec, root: Path) -> int:
         if looks is not None:
             record = _detection_record(cfg, spec, looks[slot.label], slot, root, text_rng)
         else:
-            record = _classification_record(cfg, spec, slot, root, text_rng)
+            record = _classification_record(cfg, spec, slot, root, text_rng, set_looks)
         records[slot.split].append(record)
     _write_json_array(root / SUBSETS_DIR / f"Subset--{spec.id}-train.json", records["train"])
     if cfg.has_test_file(spec.number):
@@ -126,29 +136,55 @@ def _write_subset(cfg: SynthConfig, spec: SubsetSpec, root: Path) -> int:
     return cfg.images_per_subset
 
 
+def _label_set_looks(cfg: SynthConfig, spec: SubsetSpec) -> dict[str, Finding]:
+    """The look of each finding of a multi-label subset, chosen among its task tag's labels.
+
+    Choosing among the tag's labels (not the subset's) gives a finding the look it has in
+    every other subset of the tag, and keeps it apart from every other label of the tag.
+    """
+    pool = cfg.classification_labels().get(spec.task, [])
+    looks = {name: finding_for(spec.task, name, pool) for name in spec.findings}
+    return {name: look for name, look in looks.items() if look is not None}
+
+
 def _image_slots(cfg: SynthConfig, spec: SubsetSpec) -> Iterator[_ImageSlot]:
     """Every image of ``spec`` in index order: train first, then test."""
-    labels = spec.labels
+    cycle = spec.label_cycle
     n_train = cfg.images_per_subset - cfg.test_count(spec.number)
+    seen: Counter[str] = Counter()
     # One label cycle over the whole subset: every consecutive block (train = the first
-    # n_train, test = the rest) is then label-balanced to within one image.
+    # n_train, test = the rest) then holds each label in its share of the cycle, to within one.
     for k in range(cfg.images_per_subset):
-        label = labels[k % len(labels)]
+        label = cycle[k % len(cycle)]
+        seen[label] += 1
         yield _ImageSlot(
             index=k,
             split="train" if k < n_train else "test",
             label=label,
-            path=f"{IMAGES_DIR}/{spec.folder}/{label}/{label}- ({k // len(labels) + 1}).png",
+            path=f"{IMAGES_DIR}/{spec.folder}/{label}/{label}- ({seen[label]}).png",
         )
 
 
 def _classification_record(
-    cfg: SynthConfig, spec: SubsetSpec, slot: _ImageSlot, root: Path, text_rng: random.Random
+    cfg: SynthConfig,
+    spec: SubsetSpec,
+    slot: _ImageSlot,
+    root: Path,
+    text_rng: random.Random,
+    set_looks: dict[str, Finding],
 ) -> dict[str, Any]:
-    """Draw and save one image of a classification subset; its release record (question with options)."""
+    """Draw and save one image of a classification subset; its release record (question with options).
+
+    In a multi-label subset the label is a label set: the image shows each of its findings
+    (``set_looks``: finding name -> look) and the options are label sets of the subset.
+    """
     m, a, t = spec.modality, spec.area, spec.task
     image_rng = rng_for(cfg.seed, spec.id, slot.split, slot.index)
-    img = render(m, a, t, slot.label, image_rng, cfg.image_size, labels=list(spec.labels))
+    if spec.findings:
+        findings = [set_looks[name] for name in parse_label_set(slot.label)]
+        img = render_findings(m, a, findings, image_rng, cfg.image_size)[0]
+    else:
+        img = render(m, a, t, slot.label, image_rng, cfg.image_size, labels=list(spec.labels))
     save_png(img, root / slot.path)
     question = choices.instruction(t, m, a, text_rng)
     options, letter = choices.make_options(
@@ -199,8 +235,8 @@ def _write_json_array(path: Path, records: list[dict[str, Any]]) -> None:
 
 
 def _catalog_entry(spec: SubsetSpec) -> dict[str, Any]:
-    """What the catalog declares of one subset."""
-    return {
+    """What the catalog declares of one subset (a multi-label one: its label sets and findings)."""
+    entry = {
         "id": spec.id,
         "modality": spec.modality,
         "area": spec.area,
@@ -209,13 +245,18 @@ def _catalog_entry(spec: SubsetSpec) -> dict[str, Any]:
         "status": spec.status,
         "labels": list(spec.labels),
     }
+    if spec.findings:
+        entry["findings"] = list(spec.findings)
+    return entry
 
 
 def _write_catalog(cfg: SynthConfig, entries: list[dict[str, Any]], root: Path) -> None:
     """Write the catalog: the subsets and the config that made them."""
     config = asdict(cfg)  # lets a cache tell whether this world matches a requested config
-    if not cfg.medmat_detection:
-        del config["medmat_detection"]  # catalogs written before the flag existed stay byte-identical
+    # Catalogs written before these switches existed stay byte-identical.
+    for switch in ("medmat_detection", "medmat_multi_label"):
+        if not config[switch]:
+            del config[switch]
     if cfg.layout == "grid":
         del config["layout"]  # grid catalogs stay byte-identical to those written before layouts existed
     catalog = {
