@@ -95,7 +95,7 @@ def test_bad_records_are_named_and_counted(small_release):
     bad_records = [
         {"id": 900, "caption": "COVID"},  # malformed: fields missing
         medmat_record(901, "COVID", opts, "med-mat/x.png") | {"Answer-choice": "E"},  # letter out of range
-        medmat_record(902, "COVID", opts, "med-mat/x.png") | {"caption": "Normal"},  # disagrees
+        medmat_record(902, "COVID", opts, "med-mat/x.png") | {"Answer": "Normal"},  # letter disagrees
         medmat_record(903, "COVID", opts, "../outside.png"),  # escapes the root
     ]
     _inject(small_release, "03", bad_records)
@@ -106,7 +106,7 @@ def test_bad_records_are_named_and_counted(small_release):
     assert bad.counts == {
         "malformed record": 1,
         "answer letter points at no option": 1,
-        "answer disagrees with caption": 1,
+        "Answer-choice disagrees with Answer": 1,
         "image path escapes the data root": 1,
     }
     text = "\n".join(bad.examples)

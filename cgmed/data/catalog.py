@@ -1,4 +1,8 @@
-"""The catalog of a data root: which MAT subsets exist, their triplets, sizes and labels."""
+"""The catalog of a data root: which MAT subsets exist, their triplets, sizes and labels.
+
+Each entry also says why its task tag was chosen when the tag is an inference (``tag_reason``),
+and the catalog keeps the bad samples and notes found while counting.
+"""
 
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ class SubsetEntry:
             "task": info.task,
             "name": info.name,
             "status": info.status,
+            "tag_reason": info.tag_reason,
             "train": self.train,
             "test": self.test,
             "test_file": self.has_test_file,
@@ -78,10 +83,15 @@ class Catalog:
                 f"[{len(names)}] {shown}"
             )
         totals = self.to_json()["totals"]
+        notes = f"; notes: {self.bad.notes_line()}" if self.bad.notes else ""
         lines.append(
             f"{totals['subsets']} subsets, {totals['train']} train + {totals['test']} test samples; "
-            f"bad samples: {self.bad.total}"
+            f"bad samples: {self.bad.total}{notes}"
         )
+        inferred = [entry.info for entry in self.subsets.values() if entry.info.tag_reason]
+        if inferred:
+            lines.append("inferred task tags:")
+            lines += [f"  {info.id} {info.task}: {info.tag_reason}" for info in inferred]
         return "\n".join(lines)
 
 

@@ -15,7 +15,8 @@ class Sample:
     ``image`` is absolute once a source resolved it; ``question`` is the full prompt text
     (instruction, options, trailing sentence); ``options`` are the option texts in shown
     order and ``answer`` the letter of the correct one. ``box`` is ``[x1, y1, x2, y2]`` on
-    a 0-100 grid for detection samples.
+    a 0-100 grid for detection samples. ``caption`` is the source dataset's own label when it
+    differs from ``label`` (a Med-MAT record's ``caption``; the label is the release's QA answer).
     """
 
     id: str
@@ -31,11 +32,14 @@ class Sample:
     source_split: str = "train"
     data_no: str | None = None
     box: list[float] | None = None
+    caption: str | None = None
 
     def to_json(self) -> dict[str, Any]:
+        """The manifest line; ``box`` and ``caption`` only when set."""
         out = asdict(self)
-        if out["box"] is None:
-            del out["box"]
+        for optional in ("box", "caption"):
+            if out[optional] is None:
+                del out[optional]
         return out
 
     @classmethod

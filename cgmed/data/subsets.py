@@ -3,7 +3,10 @@
 ``status``: ``ID`` subsets have at least 3,000 training samples (paper Table 1);
 ``OOD`` subsets have fewer and are test-only in the pilot study (Table 2); ``det``/``seg``
 subsets (38-53) are the detection/segmentation part, not in either table.
-``tag`` is the task name used by the paper's CG tables (Table 3 etc.).
+``tag`` is the task name used by the paper's CG tables (Table 3 etc.). Most tags are the
+paper's own (a table names the triplet, or the release names the task); the few that are
+inferences carry their reason in ``tag_reason`` (:data:`INFERRED_TAG_REASONS`), which the
+catalog prints. ``docs/catalog.md`` discusses them and the Figure 4 ratios they give.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ class SubsetInfo:
     status: str  # ID | OOD | det | seg
     sources: tuple[int, ...] = ()
     derived_from: str | None = None  # the parent subset of a derived subset (data.derived)
+    tag_reason: str | None = None  # why the task tag was chosen, when it is an inference
 
     @property
     def kind(self) -> str:
@@ -81,9 +85,50 @@ class DerivedSubset:
     name: str = ""
 
 
+#: The task tags no paper table or release name settles, and why each was chosen.
+INFERRED_TAG_REASONS: dict[str, str] = {
+    "12": (
+        "inferred: the release calls it a cancer *degree* task (no tumor lesion, low-grade and "
+        "high-grade carcinoma, non-suspicious tissue), graded like subset 19, Prostate Cancer Degree, "
+        "which Table 3 calls Mic-Cell Level; no paper table names an End Bladder subset"
+    ),
+    "15": (
+        "inferred from the release's name (multi-label eye diseases), not its own 'Multiple "
+        "Classification' task; shares FP Fundus Diseases with subset 14; no paper table tells them apart"
+    ),
+    "20": (
+        "inferred: its multi-label options are blood cell types ('Eosinophil, lymphocyte'), what "
+        "subset 18, Table 3's Mic-Cell Recognition, classifies; no paper table names subset 20"
+    ),
+    "33": (
+        "inferred from the release's name 'Multi-labels Diseases' (Human Protein Atlas, labels are "
+        "places in the cell), not its own 'Multiple Classification' task; Table 13's target "
+        "Mic-Cell Diseases can only be this subset"
+    ),
+    "36": (
+        "inferred: spinal lesion types (implant, foraminal stenosis, osteophytes, other lesions), "
+        "like subset 27, Vertebrae Diseases, which Table 3 calls Bones Diseases"
+    ),
+    "37": (
+        "inferred from the release's name 'Multi-labels Diseases' (VinDr-Mammo: normal, asymmetry, "
+        "nipple retraction, mass), not its own 'Multiple Classification' task; Table 3's "
+        "'Breast Diseases' is this subset or 29"
+    ),
+}
+
+
 def _s(subset_id, modality, area, tag, name, status, sources=()):
     """A row of the table below: one Med-MAT subset and its source datasets (``data-no``)."""
-    return SubsetInfo(subset_id, modality, area, tag, name, status, tuple(sources))
+    return SubsetInfo(
+        subset_id,
+        modality,
+        area,
+        tag,
+        name,
+        status,
+        tuple(sources),
+        tag_reason=INFERRED_TAG_REASONS.get(subset_id),
+    )
 
 
 MEDMAT_SUBSETS: dict[str, SubsetInfo] = {

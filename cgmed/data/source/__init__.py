@@ -8,9 +8,12 @@ holds decoded images or whole files, so the full 2.36M-record release fits in li
 What lives where:
 
 - ``config``: :class:`DataConfig`, the ``data`` config group.
-- ``bad``: :class:`BadSample` (one rejected record) and :class:`BadSamples` (their summary).
-- ``index``: :class:`SubsetIndex`, the 9:1 hash split, reading records back by position.
-- ``images``: image paths stay inside the data root; image files exist and decode.
+- ``bad``: :class:`BadSample` (one rejected record) and :class:`BadSamples` (their summary, with
+  the notes: findings that reject nothing).
+- ``index``: :class:`SubsetIndex` with its files' size and modification time, the 9:1 hash
+  split, unique record ids, reading records back by position (a changed file is refused).
+- ``images``: image paths stay inside the data root (as written, and with symlinks resolved);
+  image files exist and decode completely.
 - ``detection``: the box of a detection record (``bbox`` and/or the answer).
 - ``base``: :class:`Source`, the interface of every reader.
 - ``medmat_records`` / ``medmat``: Med-MAT release records and :class:`MedMatSource`.

@@ -10,7 +10,7 @@ from pathlib import Path
 from cgmed.data.record import Sample
 from cgmed.data.source.bad import BadSample, BadSamples
 from cgmed.data.source.config import DataConfig
-from cgmed.data.source.images import check_image
+from cgmed.data.source.images import check_image, check_inside_root
 from cgmed.data.source.index import SubsetIndex
 from cgmed.data.subsets import SubsetInfo
 from cgmed.data.vocab import Vocabulary
@@ -42,12 +42,18 @@ class Source(abc.ABC):
     def load_checked(
         self, index: SubsetIndex, positions: list[int], bad: BadSamples
     ) -> Iterator[tuple[int, Sample]]:
-        """``load`` plus the image check; bad ones are counted in ``bad`` and not yielded."""
+        """``load`` plus the image checks; bad ones are counted in ``bad`` and not yielded.
+
+        The image must resolve (symlinks followed) inside the data root, and with
+        ``data.verify_images`` exist and decode completely.
+        """
+        real_root = Path(os.path.realpath(self.root))
         for pos, sample in self.load(index, positions):
-            if self.cfg.verify_images:
-                try:
+            try:
+                check_inside_root(Path(sample.image), real_root)
+                if self.cfg.verify_images:
                     check_image(Path(sample.image))
-                except BadSample as err:
-                    bad.add(f"subset {index.info.id}, record {sample.id}", err)
-                    continue
+            except BadSample as err:
+                bad.add(f"subset {index.info.id}, record {sample.id}", err)
+                continue
             yield pos, sample

@@ -1,11 +1,14 @@
 """The reader of users' own conversation JSON / JSONL files (:class:`ConversationSource`).
 
 Every file under ``data.root`` (or those in ``data.files``) is read once, in one pass, into the
-indexes of all subsets it holds; the record format is in :mod:`cgmed.data.source.conversation_records`.
+indexes of all subsets it holds, and read again when a file's size or modification time changed;
+the record format is in :mod:`cgmed.data.source.conversation_records`. Record ids repeat nowhere
+within a subset; files without records are noted, and data without a usable record is an error.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,9 +18,18 @@ from cgmed.data.source.bad import BadSample, BadSamples
 from cgmed.data.source.base import Source
 from cgmed.data.source.config import DataConfig
 from cgmed.data.source.conversation_records import ConversationRecord, parse_conversation_record
-from cgmed.data.source.index import SubsetIndex, in_hashed_test_split, raw_records_at
+from cgmed.data.source.index import (
+    FileStamp,
+    SubsetIndex,
+    claim_id,
+    in_hashed_test_split,
+    raw_records_at,
+    stale_record,
+)
 from cgmed.data.subsets import CATALOG_FILE, SubsetInfo
-from cgmed.errors import ConfigError
+from cgmed.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
 
 
 class ConversationSource(Source):
@@ -55,33 +67,72 @@ class ConversationSource(Source):
         if not self.paths:
             raise ConfigError("data.root", f"no .json/.jsonl files under {self.root}", "set data.files=[...]")
         self._indexes: dict[str, SubsetIndex] | None = None
+        self._stamps: list[FileStamp] = []
         # bad records found while reading every file; handed to the first index() caller only
         self._unreported_bad = BadSamples(cfg.max_bad_examples)
 
     def _all_indexes(self) -> dict[str, SubsetIndex]:
-        """The indexes of every subset, built in one pass over all files on first use."""
+        """The indexes of every subset, built in one pass over all files on first use and again
+        whenever a file's size or modification time changed (one source serves several targets
+        of a run, and offsets into a rewritten file would read other records)."""
         if self._indexes is not None:
-            return self._indexes
+            if [FileStamp.of(path) for path in self.paths] == self._stamps:
+                return self._indexes
+            log.info("data files under %s changed since they were indexed; indexing them again", self.root)
+        self._stamps = [FileStamp.of(path) for path in self.paths]
+        self._unreported_bad = BadSamples(self.cfg.max_bad_examples)
         indexes: dict[str, SubsetIndex] = {}
-        for file_no, path in enumerate(self.paths):
-            for n, (offset, raw) in enumerate(iter_records(path)):
-                where = f"{path.name} record #{n}"
-                try:
-                    record = parse_conversation_record(raw, self.vocab)
-                    idx = self._subset_index(indexes, record)
-                except BadSample as err:
-                    self._unreported_bad.add(where, err)
-                    continue
-                if record.split is not None:
-                    test = record.split == "test"
-                    idx.has_test_file = idx.has_test_file or test
-                else:
-                    test = in_hashed_test_split(
-                        self.cfg.split_seed, record.subset, record.image, self.cfg.test_fraction
-                    )
-                idx.add(file_no, offset, record.label, test)
+        first_seen: dict[str, dict[str, str]] = {}  # subset -> record id -> where it was read first
+        records_per_file = [
+            self._index_file(indexes, file_no, path, first_seen) for file_no, path in enumerate(self.paths)
+        ]
+        if not indexes:
+            raise self._no_usable_records(records_per_file)
         self._indexes = dict(sorted(indexes.items()))
         return self._indexes
+
+    def _index_file(
+        self, indexes: dict[str, SubsetIndex], file_no: int, path: Path, first_seen: dict[str, dict[str, str]]
+    ) -> int:
+        """Add one file's records to ``indexes`` (bad ones to the unreported bad samples); returns how many it holds."""
+        n = -1
+        for n, (offset, raw) in enumerate(iter_records(path)):
+            where = f"{path.name} record #{n}"
+            try:
+                record = parse_conversation_record(raw, self.vocab)
+                idx = self._subset_index(indexes, record)
+                if record.id:
+                    seen = first_seen.setdefault(record.subset, {})
+                    claim_id(seen, record.id, where, f"id {record.id!r} of subset {record.subset}")
+            except BadSample as err:
+                self._unreported_bad.add(where, err)
+                continue
+            if record.split is not None:
+                test = record.split == "test"
+                idx.has_test_file = idx.has_test_file or test
+            else:
+                test = in_hashed_test_split(
+                    self.cfg.split_seed, record.subset, record.image, self.cfg.test_fraction
+                )
+            idx.add(file_no, offset, record.label, test)
+        if n < 0:
+            self._unreported_bad.note(str(path), "empty data file", "holds no records; remove it or fill it")
+        return n + 1
+
+    def _no_usable_records(self, records_per_file: list[int]) -> DataError:
+        """The error for data files that hold no usable record at all: which are empty, which only bad."""
+        parts = [
+            f"{path.name} is empty" if count == 0 else f"{path.name} holds {count} record(s), none usable"
+            for path, count in zip(self.paths, records_per_file, strict=True)
+        ]
+        bad = self._unreported_bad
+        reasons = f" ({', '.join(f'{r}: {c}' for r, c in sorted(bad.counts.items()))})" if bad.total else ""
+        fix = "point data.root (or data.files) at files with records"
+        return DataError(
+            str(self.root),
+            f"no records in the data files: {'; '.join(parts)}{reasons}",
+            f"{fix}\n{bad.report()}" if bad.total else fix,
+        )
 
     def _subset_index(self, indexes: dict[str, SubsetIndex], record: ConversationRecord) -> SubsetIndex:
         """The index of the record's subset (new on its first record); BadSample if the triplets differ."""
@@ -89,7 +140,7 @@ class ConversationSource(Source):
         idx = indexes.get(sid)
         if idx is None:
             info = SubsetInfo(sid, record.modality, record.area, record.task, sid.replace("_", " "), "ID")
-            idx = indexes[sid] = SubsetIndex(info=info, files=list(self.paths))
+            idx = indexes[sid] = SubsetIndex(info=info, files=list(self.paths), stamps=list(self._stamps))
         elif idx.info.triplet != record.triplet:
             raise BadSample(
                 "malformed record",
@@ -103,8 +154,8 @@ class ConversationSource(Source):
 
     def index(self, subset: str, bad: BadSamples) -> SubsetIndex:
         indexes = self._all_indexes()
-        # Bad records are found once, when every file is read; report them once.
-        if self._unreported_bad.total:
+        # Bad records (and notes) are found once, when every file is read; report them once.
+        if self._unreported_bad.total or self._unreported_bad.notes:
             bad.merge(self._unreported_bad)
             self._unreported_bad = BadSamples(self.cfg.max_bad_examples)
         return indexes[subset]
@@ -112,7 +163,10 @@ class ConversationSource(Source):
     def load(self, index: SubsetIndex, positions: list[int]) -> Iterator[tuple[int, Sample]]:
         info = index.info
         for pos, path, offset, raw in raw_records_at(index, positions):
-            record = parse_conversation_record(raw, self.vocab)
+            try:
+                record = parse_conversation_record(raw, self.vocab)
+            except BadSample as err:
+                raise stale_record(path, offset, err) from None
             record_id = record.id or f"{path.stem}@{offset}"
             sample = Sample(
                 id=f"{info.id}-{record_id}",

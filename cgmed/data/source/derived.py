@@ -105,7 +105,10 @@ class DerivedSource(Source):
         if spec.share is not None:
             keep = self._share(spec, parent, keep)
         idx = SubsetIndex(
-            info=self.infos[subset], files=list(parent.files), has_test_file=parent.has_test_file
+            info=self.infos[subset],
+            files=list(parent.files),
+            stamps=list(parent.stamps),
+            has_test_file=parent.has_test_file,
         )
         for pos in sorted(keep):
             idx.add(

@@ -1,7 +1,13 @@
-"""Image paths and files of records: a path stays inside the data root, a file exists and decodes."""
+"""Image paths and files of records: a path stays inside the data root, a file exists and decodes.
+
+A record's path is checked as written (:func:`safe_relpath`: no ``..``, no absolute path) when it
+is indexed, and as the file system resolves it (:func:`check_inside_root`: symlinks followed)
+when it is loaded, so a link inside the root that points out of it is caught too.
+"""
 
 from __future__ import annotations
 
+import os
 import posixpath
 import re
 from pathlib import Path
@@ -29,12 +35,29 @@ def safe_relpath(path: str) -> str:
     return norm
 
 
+def check_inside_root(image: Path, real_root: Path) -> None:
+    """The image, with every symlink resolved, lies inside ``real_root`` (itself resolved); else BadSample."""
+    resolved = Path(os.path.realpath(image))
+    if not resolved.is_relative_to(real_root):
+        raise BadSample(
+            "image path escapes the data root",
+            f"image {image} resolves to {resolved}, outside the data root {real_root} (a symlink?)",
+        )
+
+
 def check_image(path: Path) -> None:
-    """The image exists, is a file and its header decodes; else BadSample."""
+    """The image exists, is a file and decodes completely (a truncated file fails here); else BadSample.
+
+    ``verify()`` checks what a format can check without decoding (a PNG's checksums); ``load()``
+    then decodes every pixel, which is what catches a JPEG cut short. Any error PIL raises,
+    its DecompressionBombError for oversized images included, counts as an unreadable image.
+    """
     if not path.is_file():
         raise BadSample("missing image", f"image file not found: {path}")
     try:
         with Image.open(path) as image:
             image.verify()
+        with Image.open(path) as image:
+            image.load()
     except Exception as err:  # PIL raises many types for broken files
         raise BadSample("unreadable image", f"cannot decode image {path}: {err}") from None

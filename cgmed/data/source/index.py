@@ -3,6 +3,10 @@
 An index holds, per record, its file, byte offset, label and split (~15 bytes), built in one
 streaming pass; :func:`raw_records_at` reads the picked records again by offset. Subsets without
 a test file are split 9:1 by :func:`in_hashed_test_split`.
+
+Offsets are only as good as the file they were read from: an index keeps each file's size and
+modification time (:class:`FileStamp`) from when it was read, and reading records back refuses
+a file whose stamp changed, naming it, instead of reading whatever now sits at an old offset.
 """
 
 from __future__ import annotations
@@ -16,7 +20,29 @@ from typing import Any
 
 from cgmed.data.jsonio import read_records_at
 from cgmed.data.record import stable_int
+from cgmed.data.source.bad import BadSample
 from cgmed.data.subsets import SubsetInfo
+from cgmed.errors import DataError
+
+
+@dataclass(frozen=True)
+class FileStamp:
+    """A file's size and modification time: what says its byte offsets still hold."""
+
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, path: Path) -> FileStamp:
+        """The stamp of ``path`` now; DataError naming it when it cannot be read (gone, no permission)."""
+        try:
+            stat = path.stat()
+        except OSError as err:
+            raise DataError(str(path), f"cannot be read: {err.strerror}") from None
+        return cls(stat.st_size, stat.st_mtime_ns)
+
+    def describe(self) -> str:
+        return f"{self.size} bytes, modified at {self.mtime_ns / 1e9:.3f}"
 
 
 @dataclass
@@ -25,6 +51,7 @@ class SubsetIndex:
 
     info: SubsetInfo
     files: list[Path] = field(default_factory=list)
+    stamps: list[FileStamp] = field(default_factory=list)  # per file, taken before it was read
     file_id: array = field(default_factory=lambda: array("H"))
     offset: array = field(default_factory=lambda: array("q"))
     label_id: array = field(default_factory=lambda: array("I"))
@@ -32,6 +59,24 @@ class SubsetIndex:
     labels: list[str] = field(default_factory=list)
     has_test_file: bool = False
     _label_ids: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def add_file(self, path: Path) -> int:
+        """Register a file, stamped now (before its records are read), and return its number."""
+        self.files.append(path)
+        self.stamps.append(FileStamp.of(path))
+        return len(self.files) - 1
+
+    def check_unchanged(self, file_no: int) -> None:
+        """DataError naming the file when its size or modification time differ from its stamp."""
+        path, then = self.files[file_no], self.stamps[file_no]
+        now = FileStamp.of(path)
+        if now != then:
+            raise DataError(
+                str(path),
+                f"changed since it was indexed ({then.describe()}; now {now.describe()}), "
+                "so the byte offsets of its records no longer hold",
+                "do not rewrite data files while a build or run reads them; run again to index the new file",
+            )
 
     def add(self, file_no: int, offset: int, label: str, test: bool) -> None:
         label_no = self._label_ids.get(label)
@@ -69,12 +114,37 @@ def in_hashed_test_split(split_seed: int, subset: str, image: str, test_fraction
     return stable_int("split", split_seed, subset, image) % 10_000 < round(test_fraction * 10_000)
 
 
+def claim_id(first_seen: dict[str, str], record_id: str, here: str, described: str) -> None:
+    """Note ``record_id`` as seen ``here`` (e.g. ``record #3``); BadSample("duplicate record id")
+    naming where it was seen first when it repeats.
+
+    Sample ids are made from record ids, so two records with one id would be one sample twice
+    in a manifest and in the leakage audit.
+    """
+    first = first_seen.setdefault(record_id, here)
+    if first != here:
+        raise BadSample("duplicate record id", f"{described} is also {first}")
+
+
+def stale_record(path: Path, offset: int, err: Exception) -> DataError:
+    """The error for a record that validated when indexed and no longer does when read back."""
+    return DataError(
+        str(path),
+        f"the record at byte {offset} no longer reads as indexed ({err})",
+        "the file changed after it was indexed: do not rewrite data files during a run; run again",
+    )
+
+
 def raw_records_at(index: SubsetIndex, positions: list[int]) -> Iterator[tuple[int, Path, int, Any]]:
-    """``(position, file, offset, raw record)`` for index positions, read file by file in offset order."""
+    """``(position, file, offset, raw record)`` for index positions, read file by file in offset order.
+
+    A file that changed since it was indexed, or an offset that no longer holds, is a DataError.
+    """
     by_file: dict[int, list[int]] = {}
     for pos in positions:
         by_file.setdefault(index.file_id[pos], []).append(pos)
     for file_no, file_positions in sorted(by_file.items()):
+        index.check_unchanged(file_no)
         path = index.files[file_no]
         in_order = sorted(file_positions, key=lambda pos: index.offset[pos])
         offsets = [index.offset[pos] for pos in in_order]

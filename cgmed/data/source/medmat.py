@@ -18,10 +18,16 @@ from cgmed.data.record import Sample
 from cgmed.data.source.bad import BadSample, BadSamples
 from cgmed.data.source.base import Source
 from cgmed.data.source.config import DataConfig
-from cgmed.data.source.index import SubsetIndex, in_hashed_test_split, raw_records_at
+from cgmed.data.source.index import (
+    SubsetIndex,
+    claim_id,
+    in_hashed_test_split,
+    raw_records_at,
+    stale_record,
+)
 from cgmed.data.source.medmat_records import parse_release_record
 from cgmed.data.subsets import CATALOG_FILE, MEDMAT_SUBSETS, SubsetInfo, normalize_subset_id
-from cgmed.data.vocab import Vocabulary
+from cgmed.data.vocab import ELEMENT_KINDS, Vocabulary
 from cgmed.errors import ConfigError, DataError
 
 _SPLITS = ("train", "test")
@@ -90,53 +96,74 @@ class MedMatSource(Source):
         return declared
 
     def _declared_subset(self, entry: dict[str, Any], where: str) -> SubsetInfo:
+        """One subset of the catalog file; a Med-MAT subset declared as released keeps its tag reason."""
         try:
             sid = normalize_subset_id(entry["id"])
-            return SubsetInfo(
-                id=sid,
-                modality=self.vocab.canonical("modality", entry["modality"], where),
-                area=self.vocab.canonical("area", entry["area"], where),
-                task=self.vocab.canonical("task", entry["task"], where),
-                name=str(entry.get("name", "")),
-                status=str(entry.get("status", "ID")),
-            )
+            triplet = tuple(self.vocab.canonical(kind, entry[kind], where) for kind in ELEMENT_KINDS)
         except KeyError as err:
             raise DataError(where, f"missing field {err}") from None
         except ConfigError as err:
             raise DataError(where, str(err)) from None
+        known = MEDMAT_SUBSETS.get(sid)
+        return SubsetInfo(
+            sid,
+            *triplet,
+            name=str(entry.get("name", "")),
+            status=str(entry.get("status", "ID")),
+            tag_reason=known.tag_reason if known is not None and known.triplet == triplet else None,
+        )
 
     def subsets(self) -> dict[str, SubsetInfo]:
         return {sid: self._declared[sid] for sid in self._files}
 
     def index(self, subset: str, bad: BadSamples) -> SubsetIndex:
-        info = self.subsets()[subset]
         files = self._files[subset]
-        idx = SubsetIndex(info=info, has_test_file="test" in files)
+        idx = SubsetIndex(info=self.subsets()[subset], has_test_file="test" in files)
         for split in (split for split in _SPLITS if split in files):
-            path = files[split]
-            idx.files.append(path)
-            file_no = len(idx.files) - 1
-            for n, (offset, raw) in enumerate(iter_records(path)):
-                try:
-                    record = parse_release_record(info, raw)
-                except BadSample as err:
-                    rid = raw.get("id", "?") if isinstance(raw, dict) else "?"
-                    bad.add(f"{path.name} record #{n} (id {rid})", err)
-                    continue
-                if idx.has_test_file:
-                    test = split == "test"
-                else:
-                    test = in_hashed_test_split(
-                        self.cfg.split_seed, subset, record.image, self.cfg.test_fraction
-                    )
-                idx.add(file_no, offset, record.label, test)
+            self._index_file(idx, files[split], split, bad)
         return idx
+
+    def _index_file(self, idx: SubsetIndex, path: Path, split: str, bad: BadSamples) -> None:
+        """One subset file into ``idx``: every record validated, ids unique in the file; notes for
+        captions that differ from the answer and for a file without records."""
+        file_no = idx.add_file(path)
+        first_seen: dict[str, str] = {}
+        n = -1
+        for n, (offset, raw) in enumerate(iter_records(path)):
+            rid = raw.get("id", "?") if isinstance(raw, dict) else "?"
+            where = f"{path.name} record #{n} (id {rid})"
+            try:
+                record = parse_release_record(idx.info, raw)
+                claim_id(first_seen, str(rid), f"record #{n}", f"id {rid}")
+            except BadSample as err:
+                bad.add(where, err)
+                continue
+            if record.caption is not None:
+                bad.note(
+                    where,
+                    "caption differs from Answer",
+                    f"caption {record.caption!r} differs from Answer {record.label!r} (kept as the sample's caption)",
+                )
+            if idx.has_test_file:
+                test = split == "test"
+            else:
+                test = in_hashed_test_split(
+                    self.cfg.split_seed, idx.info.id, record.image, self.cfg.test_fraction
+                )
+            idx.add(file_no, offset, record.label, test)
+        if n < 0:
+            bad.note(
+                str(path), "empty subset file", "holds no records (an empty JSON array); remove it or fill it"
+            )
 
     def load(self, index: SubsetIndex, positions: list[int]) -> Iterator[tuple[int, Sample]]:
         info = index.info
-        for pos, path, _, raw in raw_records_at(index, positions):
+        for pos, path, offset, raw in raw_records_at(index, positions):
             file_split = "test" if path.name.endswith(("-test.json", "-test.jsonl")) else "train"
-            record = parse_release_record(info, raw)
+            try:
+                record = parse_release_record(info, raw)
+            except BadSample as err:
+                raise stale_record(path, offset, err) from None
             sample = Sample(
                 id=f"{info.id}-{file_split}-{raw['id']}",
                 subset=info.id,
@@ -151,5 +178,6 @@ class MedMatSource(Source):
                 source_split="test" if index.is_test[pos] else "train",
                 data_no=None if raw.get("data-no") is None else str(raw["data-no"]),
                 box=record.box,
+                caption=record.caption,
             )
             yield pos, sample

@@ -4,6 +4,12 @@ Detection subsets (task ``Det``) hold box records: no ``Question-choice``, the b
 (``[x1, y1, x2, y2]`` on a 0-100 grid) and/or in ``Answer`` (``{<x1><y1><x2><y2>}``). They
 become Samples with the instruction as ``question``, no options, the box string as ``answer``,
 the box in ``box`` and the finding (``caption``) as ``label``.
+
+A multiple-choice record's QA target is ``Answer-choice`` (the letter) and ``Answer`` (the label
+text): the option the letter points at must be ``Answer`` (order-free for comma-joined
+multi-label sets). ``caption`` is the source dataset's own label, which the release's hand
+clustering may rename ("COVID-19 positive" answered "COVID"); it is kept as metadata and a
+difference is a note, never a rejection.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ class ReleaseRecord:
     answer: str  # the option letter, or the box as format_box writes it
     label: str  # the answer's option text, or the finding of a box record
     box: list[float] | None = None
+    caption: str | None = None  # the source dataset's label when it differs from ``label``
 
 
 def parse_release_record(info: SubsetInfo, record: Any) -> ReleaseRecord:
@@ -38,7 +45,18 @@ def parse_release_record(info: SubsetInfo, record: Any) -> ReleaseRecord:
         image, instruction, box, finding = parse_detection_record(record)
         return ReleaseRecord(image, instruction, [], format_box(box), finding, box)
     image, instruction, options, letter = parse_medmat_record(record)
-    return ReleaseRecord(image, instruction, options, letter, options[LETTERS.index(letter)])
+    label = options[LETTERS.index(letter)]
+    return ReleaseRecord(
+        image, instruction, options, letter, label, caption=_differing_caption(record, label)
+    )
+
+
+def _differing_caption(record: dict[str, Any], label: str) -> str | None:
+    """The record's ``caption`` when it names another label than ``label`` (None: absent or the same)."""
+    caption = record.get("caption")
+    if caption is None or same_label(label, str(caption)):
+        return None
+    return str(caption)
 
 
 def is_detection_record(info: SubsetInfo, record: Any) -> bool:
@@ -56,7 +74,7 @@ def _require_fields(record: Any, keys: tuple[str, ...]) -> None:
 
 def parse_medmat_record(record: Any) -> tuple[str, str, list[str], str]:
     """Validate one multiple-choice record; returns (image relpath, instruction, options, answer letter)."""
-    _require_fields(record, ("id", "caption", "image", "Question-choice", "Answer-choice"))
+    _require_fields(record, ("id", "image", "Question-choice", "Answer-choice", "Answer"))
     image = safe_relpath(record["image"])
     try:
         instruction, options = parse_question_choice(str(record["Question-choice"]))
@@ -70,10 +88,10 @@ def parse_medmat_record(record: Any) -> tuple[str, str, list[str], str]:
             f"(options are A-{LETTERS[len(options) - 1]})",
         )
     answer_text = options[LETTERS.index(letter)]
-    if not same_label(answer_text, str(record["caption"])):
+    if not same_label(answer_text, str(record["Answer"])):
         raise BadSample(
-            "answer disagrees with caption",
-            f"Answer-choice {letter} is {answer_text!r} but caption is {record['caption']!r}",
+            "Answer-choice disagrees with Answer",
+            f"Answer-choice {letter} is {answer_text!r} but Answer is {record['Answer']!r}",
         )
     return image, instruction, options, letter
 
