@@ -154,11 +154,17 @@ def test_a_symlink_out_of_the_root_is_a_bad_sample(small_release, tmp_path):
     assert kept == [1]
     assert bad.counts == {"image path escapes the data root": 1}
     assert f"resolves to {os.path.realpath(outside)}, outside the data root" in bad.examples[0]
+    assert "data.linked_dirs" in bad.examples[0]
     inside = small_release / "inside.png"
     write_png(inside, 998)
     Path(sample.image).unlink()
     Path(sample.image).symlink_to(inside)  # a link that stays inside the root is fine
     assert [pos for pos, _ in src.load_checked(idx, [0], BadSamples())] == [0]
+    # an image folder linked from another disk is fine once that disk is declared
+    Path(sample.image).unlink()
+    Path(sample.image).symlink_to(outside)
+    declared = MedMatSource(DataConfig(linked_dirs=[str(tmp_path)]), small_release)
+    assert [pos for pos, _ in declared.load_checked(idx, [0], BadSamples())] == [0]
 
 
 def test_duplicate_record_ids_are_bad_samples(small_release, tmp_path):

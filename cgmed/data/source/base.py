@@ -44,13 +44,13 @@ class Source(abc.ABC):
     ) -> Iterator[tuple[int, Sample]]:
         """``load`` plus the image checks; bad ones are counted in ``bad`` and not yielded.
 
-        The image must resolve (symlinks followed) inside the data root, and with
-        ``data.verify_images`` exist and decode completely.
+        The image must resolve (symlinks followed) inside the data root or one of
+        ``data.linked_dirs``, and with ``data.verify_images`` exist and decode completely.
         """
-        real_root = Path(os.path.realpath(self.root))
+        real_roots = [Path(os.path.realpath(d)) for d in (self.root, *self.cfg.linked_dirs)]
         for pos, sample in self.load(index, positions):
             try:
-                check_inside_root(Path(sample.image), real_root)
+                check_inside_root(Path(sample.image), real_roots)
                 if self.cfg.verify_images:
                     check_image(Path(sample.image))
             except BadSample as err:

@@ -22,6 +22,9 @@ class DataConfig:
     on_bad_sample: Literal["fail", "skip"] = "fail"
     max_bad_examples: int = 10
     verify_images: bool = True
+    # Directories outside the root that symlinks inside it may point to (e.g. an image folder
+    # linked from another disk); any other link leaving the root is refused as an escape.
+    linked_dirs: list[str] = field(default_factory=list)
     extra_elements: dict[str, list[str]] = field(default_factory=dict)
     task_merge: dict[str, list[str]] = field(default_factory=lambda: dict(DEFAULT_TASK_MERGE))
     cache_dir: str = "~/.cache/cgmed"  # where the synthetic world is generated when root is null

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import posixpath
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 from PIL import Image
@@ -35,13 +36,15 @@ def safe_relpath(path: str) -> str:
     return norm
 
 
-def check_inside_root(image: Path, real_root: Path) -> None:
-    """The image, with every symlink resolved, lies inside ``real_root`` (itself resolved); else BadSample."""
+def check_inside_root(image: Path, real_roots: Sequence[Path]) -> None:
+    """The image, with every symlink resolved, lies inside one of ``real_roots`` (the data root
+    and ``data.linked_dirs``, each resolved); else BadSample."""
     resolved = Path(os.path.realpath(image))
-    if not resolved.is_relative_to(real_root):
+    if not any(resolved.is_relative_to(r) for r in real_roots):
         raise BadSample(
             "image path escapes the data root",
-            f"image {image} resolves to {resolved}, outside the data root {real_root} (a symlink?)",
+            f"image {image} resolves to {resolved}, outside the data root {real_roots[0]} (a symlink?); "
+            "if the link is yours, list its target directory in data.linked_dirs",
         )
 
 
