@@ -36,5 +36,6 @@ class LeakageError(CgmedError):
 class BadImageError(DataError):
     """An image file cannot be read or decoded (missing, truncated, not an image, too large).
 
-    Training and evaluation count these against ``train.max_bad_images`` instead of stopping.
+    Training leaves such records out and counts them against ``train.max_bad_images``;
+    evaluation stops on one, since a test set is scored whole.
     """

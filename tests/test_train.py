@@ -20,6 +20,7 @@ from cgmed.errors import ConfigError, DataError
 from cgmed.models import FAMILIES, get_adapter, init_tiny
 from cgmed.models.export import merge_lora
 from cgmed.train.config import DistributedConfig, ModelConfig, PeftConfig, TrainConfig
+from cgmed.train.data import SkippingCollate
 from cgmed.train.loop import TrainingError, train
 from cgmed.train.setup import apply_training_mode, lr_lambda, param_groups
 
@@ -280,6 +281,22 @@ def test_unreadable_images_are_skipped_and_counted(tiny, split, tmp_path):
             group_by_length=False,
             max_bad_images=0,
         )
+
+
+def test_only_image_errors_are_skipped(tiny, split, tmp_path):
+    """The skip decision is the error's type: other data errors stop the run, whatever their text."""
+    from cgmed.models import Collator
+
+    adapter = get_adapter("qwen2_vl")
+    _, processor = adapter.load(tiny["qwen2_vl"])
+    collate = SkippingCollate(Collator(adapter, processor, 4096), max_bad=5)
+    records = [json.loads(x) for x in (split / "train.jsonl").read_text().splitlines()[:2]]
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    batch = collate([records[0], {**records[1], "image": str(broken)}])
+    assert batch["_bad_images"] == 1 and batch["input_ids"].shape[0] == 2
+    with pytest.raises(DataError, match="field 'image' is missing"):
+        collate([records[0], {**records[1], "image": ""}])
 
 
 def test_errors_before_training(tiny, split, tmp_path, monkeypatch):

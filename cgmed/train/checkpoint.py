@@ -1,10 +1,11 @@
-"""Checkpoints: atomic, the last K kept, resumable exactly.
+"""Checkpoints (atomic, the last K kept, resumable exactly) and the final model.
 
 A checkpoint is ``<output>/checkpoints/step-000120/``: accelerate's state (model or LoRA
 adapter only, optimizer, scheduler, every rank's RNG; DeepSpeed's own layout under DeepSpeed)
 plus ``trainer_state.json`` (step, data position, world size). It is written into a hidden
 temporary directory and renamed when complete, so a crash mid-save never leaves a checkpoint
-that ``train.resume=auto`` would pick.
+that ``train.resume=auto`` would pick. The finished run's model goes to ``<output>/final/`` in
+Hugging Face format (:func:`save_final`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from cgmed.compat import drop_zero3_weight_conversions
 from cgmed.errors import ConfigError
 
 STATE_FILE = "trainer_state.json"
@@ -21,6 +23,7 @@ PREFIX = "step-"
 
 
 def checkpoint_root(output_dir: Path) -> Path:
+    """The directory holding a run's ``step-N`` checkpoints."""
     return output_dir / "checkpoints"
 
 
@@ -54,6 +57,7 @@ def resolve_resume(resume: str | None, output_dir: Path) -> Path | None:
 
 
 def read_state(path: Path) -> dict[str, Any]:
+    """The ``trainer_state.json`` of checkpoint ``path``."""
     return json.loads((path / STATE_FILE).read_text())
 
 
@@ -111,3 +115,18 @@ def register_lora_hooks(accelerator: Any) -> None:
 
     accelerator.register_save_state_pre_hook(save_hook)
     accelerator.register_load_state_pre_hook(load_hook)
+
+
+def save_final(accelerator: Any, model: Any, processor: Any, out: Path) -> Path:
+    """The trained model in Hugging Face format: a full model, or the LoRA adapter (merge with cgmed-model export)."""
+    state_dict = accelerator.get_state_dict(model)  # gathers ZeRO-3 / FSDP shards
+    unwrapped = accelerator.unwrap_model(model)
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is not None and plugin.zero_stage == 3:
+        drop_zero3_weight_conversions(unwrapped)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        unwrapped.save_pretrained(out, state_dict=state_dict, safe_serialization=True)
+        processor.save_pretrained(out)
+    accelerator.wait_for_everyone()
+    return out

@@ -1,4 +1,5 @@
-"""Training data: manifest records by byte offset, global batches that ranks slice, resumable.
+"""Training data: manifest records by byte offset, global batches that ranks slice (resumable), and
+the collate step that leaves out unreadable images and over-long samples.
 
 A *global micro-batch* holds ``per_device_batch_size x world_size`` sample indices; rank r
 takes the r-th slice. One process with batch 2B therefore sees exactly the samples that two
@@ -99,6 +100,7 @@ class BatchPlan:
 
 
 def steps_for(plan: BatchPlan, grad_accum: int, max_steps: int, epochs: float) -> int:
+    """Optimizer steps of the run: ``max_steps``, or ``epochs`` worth of full steps when it is -1."""
     per_epoch = plan.micro_batches_per_epoch() // grad_accum
     if per_epoch < 1:
         raise ConfigError(
@@ -126,6 +128,30 @@ def micro_batches(
                 step += 1
 
 
+class RankBatchSampler:
+    """This rank's micro-batches as a torch batch sampler, from optimizer step ``start_step`` to ``total_steps``."""
+
+    def __init__(
+        self, plan: BatchPlan, grad_accum: int, start_step: int, total_steps: int, rank: int, per_device: int
+    ):
+        self.plan = plan
+        self.grad_accum = grad_accum
+        self.start_step = start_step
+        self.rank = rank
+        self.per_device = per_device
+        self.length = (total_steps - start_step) * grad_accum
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = micro_batches(self.plan, self.grad_accum, self.start_step, self.rank, self.per_device)
+        for i, (_, _, indices) in enumerate(batches):
+            if i >= self.length:
+                return
+            yield indices
+
+    def __len__(self) -> int:
+        return self.length
+
+
 class SkippingCollate:
     """The collator, with unreadable images and over-long samples left out and counted.
 
@@ -141,41 +167,18 @@ class SkippingCollate:
         self.bad_images = 0
 
     def __call__(self, records: list[dict[str, Any]]) -> dict[str, Any]:
-        encoded, bad, long = [], 0, 0
-        for i, rec in enumerate(records):
-            try:
-                enc = self.collator.encode(rec, i)
-            except DataError as err:
-                if "image" not in str(err):
-                    raise
-                bad += 1
-                continue
-            n = enc["input_ids"].shape[1]
-            if n > self.collator.max_length:
-                if self.collator.on_overflow == "error":
-                    raise DataError(
-                        f"record {rec.get('id', i)}",
-                        f"{n} tokens (visual tokens included) exceed train.max_length={self.collator.max_length}; "
-                        "truncating would cut image tokens or the answer",
-                        "raise train.max_length, lower model.max_pixels, or set train.on_overflow=drop",
-                    )
-                long += 1
-                continue
-            encoded.append(enc)
-        self.bad_images += bad
+        collated = self.collator.collate(records, skip_bad_images=True, fill=True)
+        self.bad_images += collated.bad_images
         if self.bad_images > self.max_bad:
             raise DataError(
                 "train",
                 f"{self.bad_images} unreadable images (limit train.max_bad_images={self.max_bad})",
                 "fix the images or rebuild the manifest with data.verify_images=true",
             )
-        if not encoded:
+        if not collated.batch:
             ids = [r.get("id") for r in records]
             raise DataError("train", f"no usable sample in a batch (unreadable or too long): {ids}")
-        kept = len(encoded)
-        while len(encoded) < len(records):
-            encoded.append(encoded[len(encoded) % kept])
-        batch = self.collator.pad(encoded)
-        batch["_bad_images"] = bad
-        batch["_too_long"] = long
+        batch = dict(collated.batch)
+        batch["_bad_images"] = collated.bad_images
+        batch["_too_long"] = collated.too_long
         return batch

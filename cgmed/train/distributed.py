@@ -15,6 +15,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from cgmed.compat import adopt_deepspeed_config, deepspeed_process_state_on_cpu
 from cgmed.conf import DEEPSPEED_DIR
 from cgmed.errors import ConfigError
 from cgmed.train.config import DistributedConfig, TrainConfig
@@ -63,6 +64,11 @@ def deepspeed_config(path: str, train_cfg: TrainConfig, world: int) -> dict[str,
     return fill_deepspeed_auto(json.loads(p.read_text()), train_cfg, world)
 
 
+def _uses_deepspeed(dist_cfg: DistributedConfig) -> bool:
+    """DeepSpeed is on through the ``distributed`` group (torchrun) or accelerate's launcher."""
+    return bool(dist_cfg.deepspeed_config) or os.environ.get("ACCELERATE_USE_DEEPSPEED", "") == "true"
+
+
 def init_process_state(dist_cfg: DistributedConfig) -> Any:
     """Set up this process's accelerate ``PartialState`` the way the run's Accelerator will need it.
 
@@ -74,14 +80,12 @@ def init_process_state(dist_cfg: DistributedConfig) -> Any:
 
     cpu = not torch.cuda.is_available()
     world = _world_size()
-    use_ds = bool(dist_cfg.deepspeed_config) or os.environ.get("ACCELERATE_USE_DEEPSPEED", "") == "true"
-    if use_ds:
+    if _uses_deepspeed(dist_cfg):
         os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
         if cpu:
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
             if world > 1:
-                # accelerate picks no backend for DeepSpeed without GPUs; gloo makes it multi-process.
-                return PartialState(backend=dist_cfg.backend or "gloo")
+                return deepspeed_process_state_on_cpu(dist_cfg.backend)
         return PartialState()
     if dist_cfg.fsdp:
         return PartialState()
@@ -91,12 +95,57 @@ def init_process_state(dist_cfg: DistributedConfig) -> Any:
 
 
 def make_accelerator(dist_cfg: DistributedConfig, train_cfg: TrainConfig) -> Any:
+    """The run's ``Accelerator``: precision, accumulation and the distribution the config and launcher ask for.
+
+    Refuses a choice that would leave the ranks training unsynchronised copies.
+    """
     import torch
     from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
 
     cpu = not torch.cuda.is_available()
     world = _world_size()
+    kwargs = _base_kwargs(dist_cfg, train_cfg)
+    use_deepspeed = _uses_deepspeed(dist_cfg)
+    _check_distribution(dist_cfg, use_deepspeed, cpu, world)
+    init_process_state(dist_cfg)
+    kwargs.update(_distribution_kwargs(dist_cfg, train_cfg, use_deepspeed, cpu, world))
+    plugin = kwargs.get("deepspeed_plugin")
+    if plugin is not None and adopt_deepspeed_config(plugin):
+        del kwargs["deepspeed_plugin"]
+    accelerator = Accelerator(**kwargs)
+    if use_deepspeed and "deepspeed_plugin" not in kwargs:
+        # accelerate launch with a ZeRO stage in the yaml instead of a JSON file (an adopted config
+        # is filled already; filling it again changes nothing)
+        fill_deepspeed_auto(accelerator.state.deepspeed_plugin.deepspeed_config, train_cfg, world)
+    if world > 1 and (accelerator.distributed_type.value == "NO" or accelerator.num_processes != world):
+        raise ConfigError(
+            "distributed",
+            f"{world} processes were started but accelerate set up {accelerator.distributed_type.value} "
+            f"with {accelerator.num_processes} process(es): the ranks would train unsynchronised copies",
+            "start with torchrun or accelerate launch and a supported distributed=... choice",
+        )
+    return accelerator
+
+
+def _check_distribution(dist_cfg: DistributedConfig, use_deepspeed: bool, cpu: bool, world: int) -> None:
+    """Refuse distribution choices that cannot work together or on this machine."""
+    use_fsdp = dist_cfg.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "") == "true"
+    if dist_cfg.deepspeed_config and dist_cfg.fsdp:
+        raise ConfigError("distributed.fsdp", "DeepSpeed and FSDP cannot both be on", "choose one")
+    if use_fsdp and not use_deepspeed and cpu and world > 1:
+        # accelerate (1.x) selects FSDP only on accelerator devices (MULTI_GPU, NPU, XPU, ...); on CPU
+        # it silently falls back to no distribution at all (each rank trains its own copy).
+        raise ConfigError(
+            "distributed.fsdp",
+            "FSDP2 needs GPUs: accelerate does not run FSDP on CPU processes (gloo)",
+            "on CPU use distributed=ddp or distributed=deepspeed_zero2 / deepspeed_zero3",
+        )
+
+
+def _base_kwargs(dist_cfg: DistributedConfig, train_cfg: TrainConfig) -> dict[str, Any]:
+    """Accelerator arguments every distribution shares: precision, accumulation, process group."""
+    from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
+
     precision = _PRECISION[train_cfg.precision]
     launcher_precision = os.environ.get("ACCELERATE_MIXED_PRECISION")
     if launcher_precision not in (None, "", "no", precision):
@@ -107,75 +156,47 @@ def make_accelerator(dist_cfg: DistributedConfig, train_cfg: TrainConfig) -> Any
             train_cfg.precision,
             precision,
         )
-    kwargs: dict[str, Any] = {
+    return {
         "mixed_precision": precision,
         "gradient_accumulation_steps": train_cfg.grad_accum,
         # The loop steps the scheduler once per optimizer step, and its schedule counts optimizer
         # steps. accelerate's default (True) would step it num_processes times per step (it assumes
-        # a schedule written for one process's batches): with 2 processes the lr ran twice as fast.
+        # a schedule written for one process's batches): with 2 processes the lr would run twice as fast.
         "step_scheduler_with_optimizer": False,
         "kwargs_handlers": [
             DistributedDataParallelKwargs(find_unused_parameters=dist_cfg.find_unused_parameters),
             InitProcessGroupKwargs(timeout=timedelta(minutes=dist_cfg.timeout_minutes)),
         ],
     }
-    use_ds = bool(dist_cfg.deepspeed_config) or os.environ.get("ACCELERATE_USE_DEEPSPEED", "") == "true"
-    use_fsdp = dist_cfg.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "") == "true"
-    if dist_cfg.deepspeed_config and dist_cfg.fsdp:
-        raise ConfigError("distributed.fsdp", "DeepSpeed and FSDP cannot both be on", "choose one")
-    if use_fsdp and not use_ds and cpu and world > 1:
-        # accelerate (1.x) selects FSDP only on accelerator devices (MULTI_GPU, NPU, XPU, ...); on CPU
-        # it silently falls back to no distribution at all (each rank trains its own copy).
-        raise ConfigError(
-            "distributed.fsdp",
-            "FSDP2 needs GPUs: accelerate does not run FSDP on CPU processes (gloo)",
-            "on CPU use distributed=ddp or distributed=deepspeed_zero2 / deepspeed_zero3",
-        )
-    init_process_state(dist_cfg)
-    if use_ds:
+
+
+def _distribution_kwargs(
+    dist_cfg: DistributedConfig, train_cfg: TrainConfig, use_deepspeed: bool, cpu: bool, world: int
+) -> dict[str, Any]:
+    """The DeepSpeed or FSDP2 plugin, or the CPU switch of a plain run."""
+    if use_deepspeed:
         from accelerate.utils import DeepSpeedPlugin
 
         # torchrun: distributed.deepspeed_config; accelerate launch: the yaml's deepspeed_config_file.
         # Either way cgmed fills the JSON's "auto" entries: accelerate would only fill the micro
         # batch size from a prepared DataLoader, which this loop does not hand to it.
-        ds_file = dist_cfg.deepspeed_config or os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
-        if ds_file and ds_file != "none":
-            kwargs["deepspeed_plugin"] = DeepSpeedPlugin(
-                hf_ds_config=deepspeed_config(ds_file, train_cfg, world)
+        deepspeed_file = dist_cfg.deepspeed_config or os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
+        if not deepspeed_file or deepspeed_file == "none":
+            return {}
+        return {
+            "deepspeed_plugin": DeepSpeedPlugin(
+                hf_ds_config=deepspeed_config(deepspeed_file, train_cfg, world)
             )
-    elif dist_cfg.fsdp:
+        }
+    if dist_cfg.fsdp:
         from accelerate.utils import FullyShardedDataParallelPlugin
 
-        kwargs["fsdp_plugin"] = FullyShardedDataParallelPlugin(
+        plugin = FullyShardedDataParallelPlugin(
             fsdp_version=2,
             reshard_after_forward=True,
             state_dict_type="SHARDED_STATE_DICT",
             cpu_ram_efficient_loading=False,
         )
         os.environ.setdefault("ACCELERATE_USE_FSDP", "true")
-    else:
-        kwargs["cpu"] = cpu
-    plugin = kwargs.get("deepspeed_plugin")
-    if plugin is not None:
-        from accelerate.state import AcceleratorState
-
-        if AcceleratorState._shared_state and AcceleratorState().deepspeed_plugins is not None:
-            # A second run in this process (cgmed-cg trains several models): accelerate allows one
-            # DeepSpeed plugin per process, so the existing one takes this run's config.
-            existing = AcceleratorState().deepspeed_plugin
-            existing.deepspeed_config.clear()
-            existing.deepspeed_config.update(plugin.deepspeed_config)
-            existing.set_deepspeed_weakref()
-            del kwargs["deepspeed_plugin"]
-    accelerator = Accelerator(**kwargs)
-    if use_ds and "deepspeed_plugin" not in kwargs:
-        # accelerate launch with a ZeRO stage in the yaml instead of a JSON file
-        fill_deepspeed_auto(accelerator.state.deepspeed_plugin.deepspeed_config, train_cfg, world)
-    if world > 1 and (accelerator.distributed_type.value == "NO" or accelerator.num_processes != world):
-        raise ConfigError(
-            "distributed",
-            f"{world} processes were started but accelerate set up {accelerator.distributed_type.value} "
-            f"with {accelerator.num_processes} process(es): the ranks would train unsynchronised copies",
-            "start with torchrun or accelerate launch and a supported distributed=... choice",
-        )
-    return accelerator
+        return {"fsdp_plugin": plugin}
+    return {"cpu": cpu}

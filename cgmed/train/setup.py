@@ -1,11 +1,14 @@
-"""From configs to a trainable model: load, quantize (QLoRA), freeze, add LoRA, group parameters.
+"""From configs to a trainable model: load, quantize (QLoRA), freeze, add LoRA, group parameters,
+and the optimizer with its learning-rate schedule.
 
-Each function takes plain arguments; ``cgmed.train.loop`` wires them together.
+Each function takes plain arguments; :func:`cgmed.train.run.setup_run` wires them together.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 import re
 from typing import Any
 
@@ -17,6 +20,7 @@ log = logging.getLogger(__name__)
 
 
 def resolve_adapter(model_cfg: ModelConfig) -> BackboneAdapter:
+    """The backbone adapter of ``model.family``, or of the checkpoint's ``config.json`` when it is null."""
     if not model_cfg.path:
         raise ConfigError(
             "model.path",
@@ -192,8 +196,6 @@ def param_groups(model: Any, adapter: BackboneAdapter, train_cfg: TrainConfig) -
 
 def lr_lambda(step: int, total: int, warmup: int, kind: str, min_ratio: float) -> float:
     """Multiplier of the base lr: linear warmup, then cosine / linear decay or constant."""
-    import math
-
     if warmup and step < warmup:
         return (step + 1) / warmup
     if kind == "constant":
@@ -202,3 +204,30 @@ def lr_lambda(step: int, total: int, warmup: int, kind: str, min_ratio: float) -
     if kind == "linear":
         return max(min_ratio, 1.0 - progress * (1.0 - min_ratio))
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def optimizer_and_scheduler(
+    model: Any, adapter: BackboneAdapter, train_cfg: TrainConfig, total_steps: int
+) -> tuple[Any, Any]:
+    """AdamW over :func:`param_groups` and its per-optimizer-step schedule (:func:`lr_lambda`)."""
+    import torch
+
+    warmup = (
+        train_cfg.warmup_steps
+        if train_cfg.warmup_steps is not None
+        else math.ceil(total_steps * train_cfg.warmup_ratio)
+    )
+    optimizer = torch.optim.AdamW(
+        param_groups(model, adapter, train_cfg),
+        lr=train_cfg.lr,
+        betas=(train_cfg.adam_beta1, train_cfg.adam_beta2),
+        eps=train_cfg.adam_eps,
+    )
+    schedule = functools.partial(
+        lr_lambda,
+        total=total_steps,
+        warmup=warmup,
+        kind=train_cfg.scheduler,
+        min_ratio=train_cfg.min_lr_ratio,
+    )
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
