@@ -36,24 +36,12 @@ def _type_name(tp: Any) -> str:
 
 
 def _convert(value: Any, tp: Any, key: str) -> Any:
+    """``value`` checked against the annotation ``tp``, converted where a config allows it."""
     origin = get_origin(tp)
     if tp is Any:
         return value
     if origin is Union or origin is types.UnionType:
-        args = get_args(tp)
-        if value is None:
-            if type(None) in args:
-                return None
-            raise ConfigError(key, "must be set (got null)", f"give {key} a value of type {_type_name(tp)}")
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _convert(value, arg, key)
-            except ConfigError as err:
-                errors.append(str(err))
-        raise ConfigError(key, f"{value!r} fits none of {_type_name(tp)}")
+        return _convert_union(value, tp, key)
     if origin is Literal:
         allowed = get_args(tp)
         if value not in allowed:
@@ -73,26 +61,56 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         return {_convert(k, kt, key): _convert(v, vt, f"{key}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         return build_config(tp, value, key)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(key, f"expected true/false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(key, f"expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(key, f"expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            # Subset ids such as 04 arrive from the command line as ints; keep them readable.
-            return str(value)
-        if not isinstance(value, str):
-            raise ConfigError(key, f"expected a string, got {value!r}")
-        return value
+    if tp in _SCALARS:
+        return _SCALARS[tp](value, key)
     return value
+
+
+def _convert_union(value: Any, tp: Any, key: str) -> Any:
+    """The first member of ``X | Y | None`` that ``value`` fits."""
+    args = get_args(tp)
+    if value is None:
+        if type(None) in args:
+            return None
+        raise ConfigError(key, "must be set (got null)", f"give {key} a value of type {_type_name(tp)}")
+    for arg in args:
+        if arg is type(None):
+            continue
+        try:
+            return _convert(value, arg, key)
+        except ConfigError:
+            continue
+    raise ConfigError(key, f"{value!r} fits none of {_type_name(tp)}")
+
+
+def _to_bool(value: Any, key: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise ConfigError(key, f"expected true/false, got {value!r}")
+
+
+def _to_int(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(key, f"expected an integer, got {value!r}")
+    return value
+
+
+def _to_float(value: Any, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(key, f"expected a number, got {value!r}")
+    return float(value)
+
+
+def _to_str(value: Any, key: str) -> str:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        # Subset ids such as 04 arrive from the command line as ints; keep them readable.
+        return str(value)
+    if not isinstance(value, str):
+        raise ConfigError(key, f"expected a string, got {value!r}")
+    return value
+
+
+_SCALARS = {bool: _to_bool, int: _to_int, float: _to_float, str: _to_str}
 
 
 def build_config(cls: type[T], node: Any, key: str) -> T:

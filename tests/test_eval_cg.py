@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cgmed.cg.config import CGConfig, CGTarget, TinyBase
+from cgmed.cg.config import CGApp, CGConfig, CGTarget, TinyBase
 from cgmed.cg.protocol import run_protocol
 from cgmed.data.source import DataConfig
 from cgmed.data.split import OptionsConfig, SplitConfig
@@ -57,15 +57,17 @@ def protocol(run_dir: Path, cache: Path, **cg_kw):
         warmup_ratio=0.0,
     )
     return run_protocol(
-        cg,
-        DataConfig(cache_dir=str(cache)),
-        split,
-        synth,
-        ModelConfig(),
-        train,
-        PeftConfig(),
-        DistributedConfig(),
-        EvalConfig(batch_size=16, bootstrap=200),
+        CGApp(
+            cg=cg,
+            data=DataConfig(cache_dir=str(cache)),
+            split=split,
+            synth=synth,
+            model=ModelConfig(),
+            train=train,
+            peft=PeftConfig(),
+            distributed=DistributedConfig(),
+            eval=EvalConfig(batch_size=16, bootstrap=200),
+        ),
         run_dir,
     )
 

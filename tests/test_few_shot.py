@@ -11,7 +11,7 @@ from collections import Counter
 
 import pytest
 
-from cgmed.cg.config import CGConfig, CGTarget, FewShot, TinyBase
+from cgmed.cg.config import CGApp, CGConfig, CGTarget, FewShot, TinyBase
 from cgmed.cg.protocol import run_protocol
 from cgmed.data.build import build_split, resolve_root, write_split
 from cgmed.data.source import DataConfig, open_source
@@ -254,17 +254,20 @@ def test_protocol_reports_few_shot_table(tmp_path):
         baseline_plus=False,
         eval_seen=False,
     )
-    args = (
-        DataConfig(cache_dir=str(tmp_path / "cache")),
-        split_cfg(),
-        world(),
-        ModelConfig(),
-        TrainConfig(max_steps=6, per_device_batch_size=8, lr=2e-3, progress_bar=False, tensorboard=False),
-        PeftConfig(),
-        DistributedConfig(),
-        EvalConfig(batch_size=16, bootstrap=50),
+    groups = dict(
+        data=DataConfig(cache_dir=str(tmp_path / "cache")),
+        # cgmed-cg sets each split's targets and training data itself (from cg.targets)
+        split=dataclasses.replace(split_cfg(), targets=[], train="related"),
+        synth=world(),
+        model=ModelConfig(),
+        train=TrainConfig(
+            max_steps=6, per_device_batch_size=8, lr=2e-3, progress_bar=False, tensorboard=False
+        ),
+        peft=PeftConfig(),
+        distributed=DistributedConfig(),
+        eval=EvalConfig(batch_size=16, bootstrap=50),
     )
-    doc = run_protocol(cg, *args, tmp_path / "run")
+    doc = run_protocol(CGApp(cg=cg, **groups), tmp_path / "run")
     fs = doc["targets"][0]["few_shot"]
     assert fs["shots"] == [0, 1, 2]
     out = tmp_path / "run" / "ct_lung_cancer"
@@ -293,7 +296,7 @@ def test_protocol_reports_few_shot_table(tmp_path):
     # the same run directory with other split settings is refused, naming the difference
     cg2 = dataclasses.replace(cg, few_shot=FewShot(shots=[3], repeats=1))
     with pytest.raises(ConfigError, match=r"other settings \(differing: \['split.shots_per_label'\]\)"):
-        run_protocol(cg2, *args, tmp_path / "run")
+        run_protocol(CGApp(cg=cg2, **groups), tmp_path / "run")
     shutil.rmtree(tmp_path / "cache")
 
 
@@ -339,7 +342,7 @@ def test_prompts_beyond_the_models_positions_are_refused(split_dir, tiny_model_d
 
 
 def test_cg_refuses_global_shots_and_detection_targets(tmp_path):
-    from cgmed.cg.protocol import refuse_global_shots
+    from cgmed.cg.config import refuse_global_shots
 
     with pytest.raises(ConfigError, match="(?s)eval.shots.*cg.few_shot"):
         refuse_global_shots(EvalConfig(shots=2, shot_pool="x.jsonl"))
@@ -347,7 +350,7 @@ def test_cg_refuses_global_shots_and_detection_targets(tmp_path):
 
 
 def test_split_settings_check_reads_older_metas_with_defaults(tmp_path):
-    from cgmed.cg.protocol import check_split_settings
+    from cgmed.cg.stages import check_split_settings
     from cgmed.config import as_dict
 
     older = as_dict(SplitConfig(targets=["01"]))

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from cgmed.cg.config import CGConfig, CGTarget, Pilot, TinyBase
+from cgmed.cg.config import CGApp, CGConfig, CGTarget, Pilot, TinyBase
 from cgmed.cg.pilot import ood_image_audit, run_pilot
-from cgmed.cg.protocol import run_groups
+from cgmed.cg.run import run_groups
 from cgmed.data.source import DataConfig
 from cgmed.data.split import OptionsConfig, SplitConfig
 from cgmed.data.synth import SynthConfig, write_release
@@ -154,11 +154,4 @@ def test_config_errors_name_the_key(standin, tmp_path):
     g = groups(standin)
     g["cg"] = CGConfig(pilot=Pilot(subsets=["16", "77"]))
     with pytest.raises(ConfigError, match=r"cg.pilot.subsets.*no subset \['77'\]"):
-        run_pilot(
-            *(
-                g[k]
-                for k in ("cg", "data", "split", "synth", "model", "train", "peft", "distributed", "eval")
-            ),
-            tmp_path,
-            dry_run=True,
-        )
+        run_pilot(CGApp(**g), tmp_path, dry_run=True)

@@ -1,1 +1,17 @@
-"""The CG protocol of the Med-MAT paper: Baseline / Baseline+ / Trained per held-out target, and its report."""
+"""The CG protocol of the Med-MAT paper (Baseline / Baseline+ / Trained per held-out target), the
+pilot study (Tables 1-2), and their reports.
+
+* ``config``: the ``cg`` group and ``CGApp``, the root config of ``cgmed-cg`` (refuses values of
+  keys the command sets itself).
+* ``run``: ``run_cg``, the entry: the protocol or the pilot.
+* ``protocol`` / ``pilot``: their plans and stages; ``stages``: what both share (main-process
+  work, data, base model, splits, training and evaluation stages).
+* ``results``: typed results handed from the stages to the reports, ``report`` (the CG
+  report) and ``pilot_report`` (the pilot's).
+* ``stats``: mean and SD over seeds and draws.
+"""
+
+from cgmed.cg.config import CGApp, CGConfig, CGTarget, FewShot, Pilot, TinyBase
+from cgmed.cg.run import run_cg, run_groups
+
+__all__ = ["CGApp", "CGConfig", "CGTarget", "FewShot", "Pilot", "TinyBase", "run_cg", "run_groups"]

@@ -1,12 +1,24 @@
-"""``cg`` group: which targets the protocol runs, with which related data, over which seeds."""
+"""Configs of ``cgmed-cg``: the ``cg`` group (targets, seeds, few-shot, pilot) and ``CGApp``,
+the root config holding every group the command reads.
+
+``CGApp`` is built once at start-up; it refuses a value in another group that ``cgmed-cg`` sets
+itself for every split and training it runs (``split.targets``, ``train.seed`` ...), naming where
+the value belongs (``PROTOCOL_OWNED_KEYS``, ``PILOT_OWNED_KEYS``).
+"""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
+from cgmed.data.source import DataConfig
+from cgmed.data.split import SplitConfig
+from cgmed.data.synth import SynthConfig
 from cgmed.errors import ConfigError
+from cgmed.eval.score import EvalConfig
+from cgmed.models.tiny import TinySize, check_tiny_family
+from cgmed.train.config import DistributedConfig, ModelConfig, PeftConfig, TrainConfig
 
 
 @dataclass
@@ -45,16 +57,18 @@ class FewShot:
 
 
 @dataclass
-class TinyBase:
-    """Sizes of a tiny random base model that ``cgmed-cg`` creates when ``model.path`` is null."""
+class TinyBase(TinySize):
+    """A tiny random base model that ``cgmed-cg`` creates when ``model.path`` is null: its
+    family, its sizes (the fields of :class:`TinySize`) and the seed of its weights."""
+
+    config_key: ClassVar[str] = "cg.tiny_base"
 
     family: str = "qwen2_vl"
-    image_size: int = 56
-    text_hidden: int = 64
-    text_layers: int = 2
-    vision_hidden: int = 32
-    vision_layers: int = 2
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_tiny_family(self.family, f"{self.config_key}.family")
 
 
 @dataclass
@@ -84,6 +98,8 @@ class Pilot:
 
 @dataclass
 class CGConfig:
+    """``cg`` group: the held-out targets of a CG run (or the pilot), the seeds, the extra arms."""
+
     targets: list[CGTarget] = field(default_factory=list)
     seeds: list[int] = field(
         default_factory=lambda: [0]
@@ -121,3 +137,88 @@ class CGConfig:
         for i, t in enumerate(self.targets):
             if t.name and not re.fullmatch(r"[A-Za-z0-9_.-]+", t.name):
                 raise ConfigError(f"cg.targets[{i}].name", f"{t.name!r} is not a folder-safe name")
+
+
+# Keys of other groups that the CG protocol sets itself for each split and training, mapped to
+# where a value belongs instead: a value there would be overridden without a word.
+PROTOCOL_OWNED_KEYS: dict[str, str] = {
+    "split.targets": "name each held-out subset in cg.targets[i].target",
+    "split.train": "give each target's training data in cg.targets[i].related",
+    "split.without": "give an ablation of the related rule in cg.targets[i].without",
+    "split.match_size_of": "the Unrelated control (cg.baseline_plus) is size-matched to cg.targets[i].related",
+    "split.shots_per_label": "list the few-shot counts in cg.few_shot.shots (the pool holds the largest)",
+    "train.seed": "list the training seeds in cg.seeds",
+    "train.resume": "cgmed-cg resumes a half-finished training itself: rerun it in the same hydra.run.dir",
+    "train.output_dir": "choose the run directory with hydra.run.dir (models go to <run>/<target>/seed-N/)",
+    "train.eval_every": "draw a CG learning curve with cg.curve_every",
+    "eval.shot_seed": "cg.few_shot.repeats sets the draws (repeat r uses seed r)",
+}
+
+# The same for the pilot (cg.pilot), which trains on whole subsets with no held-out target.
+PILOT_OWNED_KEYS: dict[str, str] = {
+    "split.targets": "choose the test-only subsets with cg.pilot.test_only_status (and cg.pilot.subsets)",
+    "split.train": "choose the trained subsets with cg.pilot.train_status (and cg.pilot.subsets)",
+    "split.without": "the pilot trains on whole subsets; an ablation belongs to cg.targets[i].without",
+    "split.match_size_of": "the pilot has no size-matched control; that is cg.baseline_plus of a CG run",
+    "split.target_train_samples": "the pilot has no held-out target; target data belongs to a CG run",
+    "split.shots_per_label": "the pilot has no few-shot arm; that is cg.few_shot of a CG run (cg.targets)",
+    "split.seen_test": "the pilot always scores its trained subsets' test sets",
+    "train.seed": PROTOCOL_OWNED_KEYS["train.seed"],
+    "train.resume": PROTOCOL_OWNED_KEYS["train.resume"],
+    "train.output_dir": "choose the run directory with hydra.run.dir (models go to <run>/pilot/seed-N/)",
+    "train.eval_every": "the pilot draws no learning curves; use train.eval_every in a cgmed-train run",
+    "eval.shot_seed": "the pilot has no few-shot arm; that is cg.few_shot of a CG run (cg.targets)",
+}
+
+# The value cgmed-cg uses itself is no override: launchers pass train.resume=auto to every module.
+SAME_AS_CGMED_CG = {"train.resume": "auto"}
+
+
+@dataclass
+class CGApp:
+    """Root config of ``cgmed-cg``: every group it reads, built once at start-up
+    (``cgmed.cli.hydra_app.app_config``) and handed to the protocol or the pilot whole."""
+
+    cg: CGConfig = field(default_factory=CGConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    peft: PeftConfig = field(default_factory=PeftConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        refuse_global_shots(self.eval)
+        refuse_owned_keys(self, PILOT_OWNED_KEYS if self.cg.pilot is not None else PROTOCOL_OWNED_KEYS)
+
+
+def refuse_owned_keys(app: CGApp, owned: dict[str, str]) -> None:
+    """ConfigError for the first key of ``owned`` that holds neither its default nor the value
+    cgmed-cg sets itself."""
+    defaults: dict[str, Any] = {}
+    for key, fix in owned.items():
+        group, name = key.split(".")
+        config = getattr(app, group)
+        if group not in defaults:
+            defaults[group] = type(config)()
+        value, default = getattr(config, name), getattr(defaults[group], name)
+        if value == default or (key in SAME_AS_CGMED_CG and value == SAME_AS_CGMED_CG[key]):
+            continue
+        raise ConfigError(
+            key,
+            f"is set by cgmed-cg itself for every split and training it runs; {value!r} would be overridden",
+            f"leave {key} at its default ({default!r}); {fix}",
+        )
+
+
+def refuse_global_shots(eval_cfg: EvalConfig) -> None:
+    """Baseline / Trained / seen evaluations are zero-shot by definition; few-shot arms come from
+    cg.few_shot, with each target's own pool."""
+    if eval_cfg.shots or eval_cfg.shot_pool:
+        raise ConfigError(
+            "eval.shots",
+            "applies to cgmed-eval runs; in cgmed-cg it would turn every arm (and the 0-shot column) few-shot",
+            "set cg.few_shot={shots: [2, 3, 4], repeats: 3} instead",
+        )

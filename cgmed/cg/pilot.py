@@ -15,7 +15,8 @@ Leakage: an OOD subset may share its MAT triplet with an ID one (20 with 18, 27 
 37, 34 with 16 in Med-MAT): Table 2 measures transfer to new sources of seen combinations, so
 the triplet and subset checks of the CG audit do not apply; the image-byte audit does (no OOD
 test image may be a training image), and its report is in ``pilot/pilot_audit.json``.
-Finished stages are skipped on rerun, as in :mod:`cgmed.cg.protocol`.
+Finished stages are skipped on rerun (:mod:`cgmed.cg.stages`); the report is
+:mod:`cgmed.cg.pilot_report`.
 """
 
 from __future__ import annotations
@@ -26,43 +27,35 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from cgmed.cg.config import CGConfig, Pilot
-from cgmed.cg.protocol import (
-    _is_main,
-    base_model,
-    build_and_write,
-    check_split_settings,
-    eval_stage,
-    on_main,
-    open_data,
-    refuse_global_shots,
-    train_stage,
-)
+from cgmed.cg.config import CGApp, Pilot
+from cgmed.cg.pilot_report import print_pilot_plan, write_pilot_report
+from cgmed.cg.results import PilotRun, PilotSeedRun, SplitSummary
+from cgmed.cg.stages import eval_stage, on_main, open_data, open_split, train_stage, with_base_model
 from cgmed.data.audit import audit_split
+from cgmed.data.manifest import read_jsonl
 from cgmed.data.record import Sample
-from cgmed.data.source import DataConfig
 from cgmed.data.split import SplitConfig
+from cgmed.data.subsets import normalize_subset_id
 from cgmed.errors import ConfigError, DataError
-from cgmed.eval.score import EvalConfig
-from cgmed.train.config import DistributedConfig, ModelConfig, PeftConfig, TrainConfig
 
 log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
 class PilotPlan:
+    """The pilot's subsets and the split config of each of its models."""
+
     trained: list[str]  # ID subsets: trained on (multi and single), Table 1
     test_only: list[str]  # OOD subsets: evaluated only, Table 2
     splits: dict[str, SplitConfig]  # multi, ood, single-<id>
 
 
 def plan_pilot(pilot: Pilot, split: SplitConfig, source: Any) -> PilotPlan:
+    """The trained and test-only subsets of the data, and the splits that train and test them."""
     subsets = source.subsets()
     chosen = None
     if pilot.subsets is not None:
-        chosen = [str(s).zfill(2) if str(s).isdigit() else str(s) for s in pilot.subsets]
+        chosen = [normalize_subset_id(s) for s in pilot.subsets]
         unknown = [s for s in chosen if s not in subsets]
         if unknown:
             raise ConfigError(
@@ -89,17 +82,8 @@ def plan_pilot(pilot: Pilot, split: SplitConfig, source: Any) -> PilotPlan:
     return PilotPlan(trained, test_only, splits)
 
 
-def _build(name: str, cfg: SplitConfig, data: DataConfig, source: Any, out: Path) -> dict:
-    d = out / "splits" / name
-    if not (d / "split_meta.json").is_file():
-        on_main(lambda: build_and_write(source, data, cfg, d))
-    meta = json.loads((d / "split_meta.json").read_text())
-    check_split_settings(meta, cfg, data, d, "the pilot/ folder")
-    return meta
-
-
 def _samples(path: Path) -> list[Sample]:
-    return [Sample.from_json(json.loads(x)) for x in path.read_text().splitlines() if x.strip()]
+    return [Sample.from_json(record) for record in read_jsonl(path)]
 
 
 def ood_image_audit(out: Path, check_images: bool) -> dict:
@@ -120,239 +104,68 @@ def ood_image_audit(out: Path, check_images: bool) -> dict:
     return json.loads(path.read_text())
 
 
-def run_pilot(
-    cg: CGConfig,
-    data: DataConfig,
-    split: SplitConfig,
-    synth: Any,
-    model: ModelConfig,
-    train_cfg: TrainConfig,
-    peft: PeftConfig,
-    dist: DistributedConfig,
-    eval_cfg: EvalConfig,
-    run_dir: Path,
-    dry_run: bool = False,
-) -> dict[str, Any]:
-    """Tables 1-2: Baseline, Single-task and Multi-task accuracy per subset (see module docstring)."""
-    pilot = cg.pilot
-    assert pilot is not None
-    refuse_global_shots(eval_cfg)
-    source = open_data(data, synth, dist)
-    plan = plan_pilot(pilot, split, source)
-    out = run_dir / "pilot"
-    metas = {name: _build(name, cfg, data, source, out) for name, cfg in plan.splits.items()}
-    untested = [sid for sid in plan.trained if not metas["multi"]["counts"]["seen_test"].get(sid)]
+def open_pilot_splits(app: CGApp, plan: PilotPlan, source: Any, out: Path) -> dict[str, SplitSummary]:
+    """Every split of the pilot; a trained subset without test samples stops the run."""
+    splits = {
+        name: open_split(app, source, cfg, out / "splits" / name, "the pilot/ folder")
+        for name, cfg in plan.splits.items()
+    }
+    untested = [sid for sid in plan.trained if not splits["multi"].meta["counts"]["seen_test"].get(sid)]
     if untested:
         raise DataError(
             "cg.pilot",
             f"subset(s) {untested} have no test samples, so Table 1 has nothing to score them on",
             "add their test files, or leave them out with cg.pilot.subsets",
         )
-    audit = ood_image_audit(out, split.audit_images) if "ood" in metas else None
+    return splits
+
+
+def run_pilot(app: CGApp, run_dir: Path, dry_run: bool = False) -> dict[str, Any]:
+    """Tables 1-2: Baseline, Single-task and Multi-task accuracy per subset (see module docstring)."""
+    assert app.cg.pilot is not None
+    source = open_data(app)
+    plan = plan_pilot(app.cg.pilot, app.split, source)
+    out = run_dir / "pilot"
+    splits = open_pilot_splits(app, plan, source, out)
+    audit = ood_image_audit(out, app.split.audit_images) if "ood" in splits else None
     if dry_run:
-        if _is_main():
-            print_pilot_plan(plan, metas, audit)
+        on_main(lambda: print_pilot_plan(plan.trained, plan.test_only, splits, audit))
         return {"dry_run": True, "pilot": {"trained": plan.trained, "test_only": plan.test_only}}
-    model = base_model(cg, model, run_dir)
-
-    splits = out / "splits"
-    evals: dict[str, Any] = {"baseline": {}, "seeds": {}}
-    evals["baseline"]["id"] = eval_stage(
-        model.path, eval_cfg, splits / "multi" / "seen_test.jsonl", out / "baseline" / "eval_id", model
+    app = with_base_model(app, run_dir)
+    multi, ood = splits["multi"], splits.get("ood")
+    run = PilotRun(
+        baseline_id=eval_stage(app, app.model.path, multi.manifest("seen_test"), out / "baseline" / "eval_id")
     )
-    if "ood" in metas:
-        evals["baseline"]["ood"] = eval_stage(
-            model.path, eval_cfg, splits / "ood" / "test.jsonl", out / "baseline" / "eval_ood", model
+    if ood is not None:
+        run.baseline_ood = eval_stage(
+            app, app.model.path, ood.manifest("test"), out / "baseline" / "eval_ood"
         )
-    for seed in cg.seeds:
-        s_out = out / f"seed-{seed}"
-        res: dict[str, Any] = {"single": {}}
-        if pilot.multi:
-            final = train_stage(
-                model, train_cfg, peft, dist, splits / "multi" / "train.jsonl", s_out / "multi", seed
-            )
-            res["multi_id"] = eval_stage(
-                final, eval_cfg, splits / "multi" / "seen_test.jsonl", s_out / "multi" / "eval_id", model
-            )
-            if "ood" in metas:
-                res["multi_ood"] = eval_stage(
-                    final, eval_cfg, splits / "ood" / "test.jsonl", s_out / "multi" / "eval_ood", model
-                )
-        if pilot.single:
-            for sid in plan.trained:
-                name = f"single-{sid}"
-                final = train_stage(
-                    model, train_cfg, peft, dist, splits / name / "train.jsonl", s_out / name, seed
-                )
-                res["single"][sid] = eval_stage(
-                    final, eval_cfg, splits / name / "seen_test.jsonl", s_out / name / "eval", model
-                )
-        evals["seeds"][seed] = res
-    return on_main(lambda: write_pilot_report(plan, metas, evals, cg, out, audit)) or {}
-
-
-def _per_subset(results: dict | None, sid: str) -> float | None:
-    if not results:
-        return None
-    got = results["per_subset"].get(sid)
-    return None if got is None else float(got["accuracy"])
-
-
-def _mean(values: list[float | None]) -> dict[str, Any] | None:
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return None
-    return {
-        "accuracy": float(np.mean(vals)),
-        "per_seed": vals,
-        "sd": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0,
-    }
-
-
-def pilot_rows(plan: PilotPlan, metas: dict, evals: dict, pilot: Pilot) -> dict[str, list[dict]]:
-    subsets = {s["id"]: s for m in metas.values() for s in (*m["train_subsets"], *m["targets"])}
-    seeds = list(evals["seeds"])
-    paper = pilot.paper or {}
-
-    def describe(sid: str) -> str:
-        s = subsets[sid]
-        return f"{sid} {s['modality']} {s['area']} {s['task']}"
-
-    def row(sid: str, kind: str) -> dict[str, Any]:
-        base = evals["baseline"][kind]
-        out = {
-            "subset": describe(sid),
-            "n": base["per_subset"][sid]["n"],
-            "chance": base["per_subset"][sid]["chance"],
-            "baseline": _per_subset(base, sid),
-        }
-        if kind == "id":  # only trained-on subsets have a Single-task model
-            out["single"] = _mean([_per_subset(evals["seeds"][s]["single"].get(sid), sid) for s in seeds])
-        out["multi"] = _mean([_per_subset(evals["seeds"][s].get(f"multi_{kind}"), sid) for s in seeds])
-        if sid in paper:
-            out["paper"] = dict(paper[sid])
-        return out
-
-    table1 = [row(sid, "id") for sid in plan.trained]
-    table2 = [row(sid, "ood") for sid in plan.test_only]
-    return {"table1_id": table1, "table2_ood": table2}
-
-
-def _cell(x: Any) -> str:
-    if x is None:
-        return "-"
-    v = x["accuracy"] if isinstance(x, dict) else x
-    sd = f" ± {100 * x['sd']:.1f}" if isinstance(x, dict) and len(x["per_seed"]) > 1 else ""
-    return f"{100 * v:.1f}{sd}"
-
-
-_ARM_TITLES = {
-    "baseline": ("Baseline", "Base"),
-    "single": ("Single-task", "Single"),
-    "multi": ("Multi-task", "Multi"),
-}
-
-
-def _md_table(rows: list[dict], arms: tuple[str, ...], with_paper: bool) -> list[str]:
-    head = ["Subset", "n"] + [_ARM_TITLES[a][0] for a in arms]
-    if with_paper:
-        head.append("Paper (" + " / ".join(_ARM_TITLES[a][1] for a in arms) + ")")
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        cells = [r["subset"], str(r["n"])] + [_cell(r[a]) for a in arms]
-        if with_paper:
-            cells.append(" / ".join(str((r.get("paper") or {}).get(a, "-")) for a in arms))
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
-
-
-def pilot_markdown(tables: dict[str, list[dict]], cg: CGConfig) -> str:
-    has_paper = any("paper" in r for t in tables.values() for r in t)
-    lines = ["Table 1 shape: in-distribution subsets (trained on), accuracy %", ""]
-    lines += _md_table(tables["table1_id"], ("baseline", "single", "multi"), has_paper)
-    if tables["table2_ood"]:
-        lines += ["", "Table 2 shape: out-of-distribution subsets (never trained on), accuracy %", ""]
-        lines += _md_table(tables["table2_ood"], ("baseline", "multi"), has_paper)
-    lines += [
-        "",
-        "Baseline = the untrained model; Single-task = trained on that subset only; Multi-task = one model trained "
-        f"on all in-distribution subsets together. Seeds: {list(cg.seeds)} (± = SD over seeds).",
-    ]
-    if cg.note:
-        lines.append(cg.note)
-    return "\n".join(lines) + "\n"
-
-
-def write_pilot_report(
-    plan: PilotPlan, metas: dict, evals: dict, cg: CGConfig, out: Path, audit: dict | None
-) -> dict[str, Any]:
-    assert cg.pilot is not None
-    tables = pilot_rows(plan, metas, evals, cg.pilot)
-    doc = {
-        "format": "cgmed-pilot-report/1",
-        **tables,
-        "train_samples": {"multi": metas["multi"]["sizes"]["train"]}
-        | {k: m["sizes"]["train"] for k, m in metas.items() if k.startswith("single-")},
-        "ood_image_audit": audit,
-        "seeds": list(cg.seeds),
-        "note": cg.note,
-    }
-    (out / "pilot_report.json").write_text(json.dumps(doc, indent=1) + "\n")
-    md = pilot_markdown(tables, cg)
-    (out / "pilot_report.md").write_text(md)
-    if cg.plots:
-        doc["plots"] = [pilot_plot(tables, out)]
-    print(md)
-    print(f"report written to {out / 'pilot_report.md'} (and pilot_report.json)")
-    return doc
-
-
-def pilot_plot(tables: dict[str, list[dict]], out: Path) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = tables["table1_id"] + tables["table2_ood"]
-    fig, ax = plt.subplots(figsize=(max(4, 0.9 * len(rows) + 1), 3.6))
-    width = 0.27
-    for k, (key, label) in enumerate(
-        (("baseline", "Baseline"), ("single", "Single-task"), ("multi", "Multi-task"))
-    ):
-        xs, ys = [], []
-        for i, r in enumerate(rows):
-            v = r.get(key)
-            if v is not None:
-                xs.append(i + (k - 1) * width)
-                ys.append(100 * (v["accuracy"] if isinstance(v, dict) else v))
-        ax.bar(xs, ys, width, label=label)
-    ax.set_xticks(range(len(rows)), [r["subset"].split(" ")[0] for r in rows], fontsize=8)
-    if tables["table2_ood"]:
-        ax.axvline(len(tables["table1_id"]) - 0.5, color="k", linestyle=":")
-    ax.set_ylim(0, 100)
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title("Pilot: ID subsets | OOD subsets (right of the dotted line)", fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "pilot.png", dpi=120)
-    plt.close(fig)
-    return "pilot.png"
-
-
-def print_pilot_plan(plan: PilotPlan, metas: dict, audit: dict | None) -> None:
-    multi = metas["multi"]
-    print(
-        f"pilot: Multi-task trains on {len(plan.trained)} subsets ({', '.join(plan.trained)}) -> "
-        f"{multi['sizes']['train']} samples; ID test {multi['sizes']['seen_test']}; "
-        f"audit {'passed' if multi['audit']['passed'] else 'FAILED'}"
+    for seed in app.cg.seeds:
+        run.seeds[seed] = pilot_seed_stages(app, plan, splits, out / f"seed-{seed}", seed)
+    return (
+        on_main(lambda: write_pilot_report(plan.trained, plan.test_only, splits, run, app.cg, out, audit))
+        or {}
     )
-    if "ood" in metas:
-        print(
-            f"  OOD test-only subsets ({', '.join(plan.test_only)}): {metas['ood']['sizes']['test']} samples; "
-            f"image audit against the Multi-task training set {'passed' if audit and audit['passed'] else 'FAILED'}"
-        )
-    singles = [k for k in metas if k.startswith("single-")]
-    if singles:
-        sizes = ", ".join(f"{k[7:]}: {metas[k]['sizes']['train']}" for k in singles)
-        print(f"  Single-task models: {len(singles)} ({sizes} samples)")
-    print("dry run: nothing trained")
+
+
+def pilot_seed_stages(
+    app: CGApp, plan: PilotPlan, splits: dict[str, SplitSummary], out: Path, seed: int
+) -> PilotSeedRun:
+    """Train the Multi-task and the Single-task models with one seed and evaluate them."""
+    pilot = app.cg.pilot
+    assert pilot is not None
+    result = PilotSeedRun()
+    if pilot.multi:
+        multi, ood = splits["multi"], splits.get("ood")
+        final = train_stage(app, multi.manifest("train"), out / "multi", seed)
+        result.multi_id = eval_stage(app, final, multi.manifest("seen_test"), out / "multi" / "eval_id")
+        if ood is not None:
+            result.multi_ood = eval_stage(app, final, ood.manifest("test"), out / "multi" / "eval_ood")
+    if pilot.single:
+        for sid in plan.trained:
+            single = splits[f"single-{sid}"]
+            final = train_stage(app, single.manifest("train"), out / f"single-{sid}", seed)
+            result.single[sid] = eval_stage(
+                app, final, single.manifest("seen_test"), out / f"single-{sid}" / "eval"
+            )
+    return result

@@ -11,20 +11,23 @@ writes ``cg_report.json``, ``cg_report.md`` and plots. Rerunning skips finished 
 
     cgmed-cg experiment=paper/pilot_tables1_2      # cg.pilot: the paper's pilot (Tables 1-2) instead
     cgmed-cg experiment=paper/table16_few_shot     # cg.few_shot: also n-shot Baseline and Trained
+
+The command sets the targets, training data and seeds of every split and model itself, so it
+refuses a value in keys it owns (``split.targets``, ``split.train``, ``train.seed`` ...) and
+names where the value belongs (``cg.targets[i].related``, ``cg.seeds`` ...): see
+``cgmed.cg.config.PROTOCOL_OWNED_KEYS``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from cgmed.cg.protocol import GROUP_ORDER as GROUPS
-from cgmed.cli.hydra_app import run_app, run_dir, typed_config
+from cgmed.cg import CGApp, run_cg
+from cgmed.cli.hydra_app import app_config, run_app, run_dir
 
 
 def job(cfg: Any) -> None:
-    from cgmed.cg.protocol import run_groups
-
-    run_groups(typed_config(cfg, GROUPS), run_dir(), dry_run=bool(cfg.get("dry_run")))
+    run_cg(app_config(cfg, CGApp), run_dir(), dry_run=bool(cfg.get("dry_run")))
 
 
 def main() -> None:

@@ -11,22 +11,35 @@ into ``data.cache_dir`` and used.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cgmed.cli.hydra_app import run_dir, run_subcommands, typed_config
+from cgmed.cli.hydra_app import app_config, run_dir, run_subcommands
+from cgmed.data.source import DataConfig
+from cgmed.data.split import SplitConfig
+from cgmed.data.synth import SynthConfig
 from cgmed.errors import ConfigError
+
+
+@dataclass
+class DataApp:
+    """Root config of ``cgmed-data``: the groups its commands read."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    synth: SynthConfig = field(default_factory=SynthConfig)
 
 
 def synth(cfg: Any) -> None:
     from cgmed.data.synth import write_release
 
-    typed = typed_config(cfg)
+    app = app_config(cfg, DataApp)
     if not cfg.get("out"):
         raise ConfigError(
             "out", "is required: where to write the synthetic release", "cgmed-data synth out=DIR"
         )
-    summary = write_release(typed["synth"], Path(str(cfg.out)).expanduser())
+    summary = write_release(app.synth, Path(str(cfg.out)).expanduser())
     print(json.dumps(summary, indent=1))
 
 
@@ -35,9 +48,9 @@ def catalog(cfg: Any) -> None:
     from cgmed.data.catalog import build_catalog
     from cgmed.data.source import open_source
 
-    typed = typed_config(cfg)
-    data = typed["data"]
-    source = open_source(data, resolve_root(data, typed["synth"]))
+    app = app_config(cfg, DataApp)
+    data = app.data
+    source = open_source(data, resolve_root(data, app.synth))
     cat = build_catalog(source, data.max_bad_examples)
     out = run_dir() / "catalog.json"
     cat.write(out)
@@ -51,9 +64,9 @@ def catalog(cfg: Any) -> None:
 def build(cfg: Any) -> None:
     from cgmed.data.build import build_from_config
 
-    typed = typed_config(cfg)
+    app = app_config(cfg, DataApp)
     out = run_dir()
-    meta = build_from_config(typed["data"], typed["split"], typed["synth"], out)
+    meta = build_from_config(app.data, app.split, app.synth, out)
     targets = (
         ", ".join(f"{t['id']} ({t['modality']} {t['area']} {t['task']})" for t in meta["targets"]) or "none"
     )
@@ -66,6 +79,8 @@ def build(cfg: Any) -> None:
     print(f"audit: {'passed' if audit['passed'] else 'FAILED'} {audit['checks']}")
     if meta["bad_samples"]["total"]:
         print(f"skipped bad samples: {meta['bad_samples']['by_kind']}")
+    if meta["bad_samples"]["notes"]:
+        print(f"data notes (nothing rejected): {meta['bad_samples']['notes']}")
     print(f"content hash: {meta['content_hash']}")
     print(f"written to {out}")
 

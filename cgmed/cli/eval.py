@@ -8,17 +8,30 @@ sample counts, chance level and bootstrap 95% intervals) in the run directory.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
-from cgmed.cli.hydra_app import run_app, run_dir, typed_config
+from cgmed.cli.hydra_app import app_config, run_app, run_dir
+from cgmed.data.source import DataConfig
 from cgmed.errors import ConfigError
+from cgmed.eval.score import EvalConfig
+from cgmed.train.config import ModelConfig
+
+
+@dataclass
+class EvalApp:
+    """Root config of ``cgmed-eval``: the groups it reads."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 def job(cfg: Any) -> None:
     from cgmed.eval.run import evaluate
 
-    typed = typed_config(cfg, ("data", "model", "eval"))
-    model, data = typed["model"], typed["data"]
+    app = app_config(cfg, EvalApp)
+    model, data = app.model, app.data
     if not model.path:
         raise ConfigError(
             "model.path", "is required", "model.path=RUN/final (or a base model, or an adapter)"
@@ -27,7 +40,7 @@ def job(cfg: Any) -> None:
         raise ConfigError("data.test_manifest", "is required", "data.test_manifest=SPLIT/test.jsonl")
     doc = evaluate(
         model.path,
-        typed["eval"],
+        app.eval,
         data.test_manifest,
         run_dir(),
         model.family,

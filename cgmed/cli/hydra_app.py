@@ -2,37 +2,49 @@
 
 Config-group defaults live in the dataclasses (``DataConfig``, ``SplitConfig`` ...); they are
 registered here as each group's ``schema`` node, and the YAML files in ``cgmed/conf/`` only state
-what differs. ``typed_config`` turns a composed config into the dataclasses once, at start-up.
+what differs. ``app_config`` turns a composed config into a command's root dataclass (one field
+per group it reads: ``CGApp``, ``TrainApp`` ...) once, at start-up; ``typed_config`` gives the
+groups by name.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cgmed.conf import CONF_DIR
 from cgmed.config import as_dict, build_config
 from cgmed.errors import CgmedError
 
-__all__ = ["CONF_DIR", "register_configs", "typed_config", "run_app", "run_subcommands", "run_dir"]
+__all__ = [
+    "CONF_DIR",
+    "register_configs",
+    "typed_config",
+    "app_config",
+    "run_app",
+    "run_subcommands",
+    "run_dir",
+]
+App = TypeVar("App")
 
 
 def _schemas() -> dict[str, type]:
     from cgmed.cg.config import CGConfig
+    from cgmed.cli.tiny_group import TinyInit
     from cgmed.data.source import DataConfig
     from cgmed.data.split import SplitConfig
     from cgmed.data.synth import SynthConfig
     from cgmed.eval.score import EvalConfig
-    from cgmed.models.tiny import TinySize
     from cgmed.train.config import GROUPS
 
     return {
         "data": DataConfig,
         "split": SplitConfig,
         "synth": SynthConfig,
-        "tiny": TinySize,
+        "tiny": TinyInit,
         "eval": EvalConfig,
         "cg": CGConfig,
         **GROUPS,
@@ -52,6 +64,13 @@ def typed_config(cfg: Any, groups: tuple[str, ...] = ("data", "split", "synth"))
     """Composed config -> {group: dataclass}; every problem is a ConfigError naming the key."""
     schemas = _schemas()
     return {g: build_config(schemas[g], cfg.get(g), g) for g in groups}
+
+
+def app_config(cfg: Any, app: type[App]) -> App:
+    """Composed config -> ``app``, the root dataclass of one command (a field per config group it
+    reads), built once at start-up; its own checks run on the whole."""
+    groups = tuple(f.name for f in dataclasses.fields(app))
+    return app(**typed_config(cfg, groups))
 
 
 def run_app(prog: str, job: Callable[[Any], None], argv: list[str] | None = None) -> None:

@@ -11,29 +11,34 @@ Writes to the Hydra run directory (or ``train.output_dir``): ``metrics.jsonl``, 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cgmed.cli.hydra_app import resolved, run_app, run_dir, typed_config
+from cgmed.cli.hydra_app import app_config, resolved, run_app, run_dir
+from cgmed.data.source import DataConfig
+from cgmed.train.config import DistributedConfig, ModelConfig, PeftConfig, TrainConfig
 
-GROUPS = ("data", "model", "train", "peft", "distributed")
+
+@dataclass
+class TrainApp:
+    """Root config of ``cgmed-train``: the groups it reads."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    peft: PeftConfig = field(default_factory=PeftConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
 
 def job(cfg: Any) -> None:
     from cgmed.train.loop import train
 
-    typed = typed_config(cfg, GROUPS)
-    tcfg = typed["train"]
-    out = Path(tcfg.output_dir).expanduser() if tcfg.output_dir else run_dir()
+    app = app_config(cfg, TrainApp)
+    out = Path(app.train.output_dir).expanduser() if app.train.output_dir else run_dir()
     out.mkdir(parents=True, exist_ok=True)
     result = train(
-        typed["model"],
-        tcfg,
-        typed["peft"],
-        typed["distributed"],
-        typed["data"].train_manifest,
-        out,
-        resolved(cfg),
+        app.model, app.train, app.peft, app.distributed, app.data.train_manifest, out, resolved(cfg)
     )
     if int(os.environ.get("RANK", "0")) == 0:
         state = "stopped early (resume with train.resume=auto)" if result.stopped_early else "finished"

@@ -1,0 +1,212 @@
+"""Stages shared by the CG protocol and the pilot: work on the main process, opening the data,
+the base model, building (or reusing) a split, training a model, evaluating one.
+
+Every stage leaves its output on disk (``split_meta.json``, ``final/``, ``results.json``) and is
+skipped when the command is rerun, so a crash in one stage keeps the others. Every process of a
+multi-process launch runs the driver; data building and reports happen on the main process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from cgmed.cg.config import CGApp, CGConfig
+from cgmed.cg.results import Evaluation, SplitSummary
+from cgmed.config import as_dict
+from cgmed.data.build import Selection, build_split, resolve_root, write_split
+from cgmed.data.source import DataConfig, open_source
+from cgmed.data.split import SplitConfig
+from cgmed.errors import CgmedError, ConfigError
+from cgmed.eval.score import EvalConfig
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def on_main(fn: Callable[[], T]) -> T | None:
+    """Run ``fn`` on the main process while the others wait; returns its result there (None
+    elsewhere). A failure on the main process is raised on every rank: behind a bare barrier the
+    others would wait for it until the process-group timeout."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    result: T | None = None
+    failure: BaseException | None = None
+    if state.is_main_process:
+        try:
+            result = fn()
+        except Exception as err:  # re-raised below, after every rank has heard of it
+            failure = err
+    if state.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        news = [None if failure is None else type(failure).__name__]
+        broadcast_object_list(news, from_process=0)  # a collective: also the barrier
+        if news[0] is not None and failure is None:
+            raise CgmedError(
+                f"stopped on rank {state.process_index}: the main process failed with {news[0]} (its message is "
+                "printed by rank 0)"
+            )
+    if failure is not None:
+        raise failure
+    return result
+
+
+def open_data(app: CGApp) -> Any:
+    """Start the process group, make the data root (the synthetic world once, on the main
+    process) and open the source on every rank."""
+    from cgmed.train.distributed import init_process_state
+
+    init_process_state(
+        app.distributed
+    )  # every rank runs the driver; its barriers use the training process group
+    root = on_main(lambda: resolve_root(app.data, app.synth))
+    return open_source(app.data, root or resolve_root(app.data, app.synth))
+
+
+def with_base_model(app: CGApp, run_dir: Path) -> CGApp:
+    """``app`` whose ``model.path`` is set: the configured one, or a tiny random base made for the
+    run (``cg.tiny_base``)."""
+    if app.model.path is not None:
+        return app
+    if app.cg.tiny_base is None:
+        raise ConfigError(
+            "model.path", "is required", "model.path=DIR or a hub id (or cg.tiny_base for a demo)"
+        )
+    model = dataclasses.replace(app.model, path=str(_tiny_base(app.cg, run_dir)))
+    return dataclasses.replace(app, model=model)
+
+
+def _tiny_base(cg: CGConfig, run_dir: Path) -> Path:
+    from cgmed.models.tiny import init_tiny
+
+    base = cg.tiny_base
+    out = run_dir / "base"
+    if not (out / "config.json").is_file():
+        on_main(lambda: init_tiny(base.family, out, seed=base.seed, size=base))
+    return out
+
+
+# data settings that change which records a split holds (roots and caches may move)
+SPLIT_DATA_KEYS = (
+    "format",
+    "files",
+    "test_fraction",
+    "split_seed",
+    "extra_elements",
+    "task_merge",
+    "derived",
+    "keep_derived_sources",
+)
+CHECK_ONLY_SPLIT_KEYS = ("audit_images",)  # switch a check, change no sample
+
+
+def open_split(
+    app: CGApp,
+    source: Any,
+    cfg: SplitConfig,
+    directory: Path,
+    folder: str,
+    selection: Selection | None = None,
+) -> SplitSummary:
+    """One split of the run: built on the main process unless ``directory`` holds it already, and
+    refused when it was built with other settings (``folder`` names what to delete to redo it).
+    ``selection``: the subsets ``cfg`` selects, when the caller has them already."""
+    if not (directory / "split_meta.json").is_file():
+        on_main(lambda: build_and_write(source, app.data, cfg, directory, selection))
+    meta = json.loads((directory / "split_meta.json").read_text())
+    check_split_settings(meta, cfg, app.data, directory, folder)
+    return SplitSummary(directory, meta)
+
+
+def check_split_settings(meta: dict, cfg: SplitConfig, data: DataConfig, where: Path, folder: str) -> None:
+    """Refuse to reuse a split built with other settings: every later stage (models, evaluations)
+    was made from it. A key the recorded config lacks (written by an older cgmed) counts as its
+    default."""
+    recorded = meta.get("config", {})
+    changed = []
+    for group, now, defaults, keys in (
+        ("split", as_dict(cfg), as_dict(SplitConfig()), None),
+        ("data", as_dict(data), as_dict(DataConfig()), SPLIT_DATA_KEYS),
+    ):
+        old = recorded.get(group) or {}
+        for k in keys or [k for k in now if k not in CHECK_ONLY_SPLIT_KEYS]:
+            if old.get(k, defaults.get(k)) != now[k]:
+                changed.append(f"{group}.{k}")
+    if changed:
+        raise ConfigError(
+            "split",
+            f"{where} was built with other settings (differing: {changed}); the models and evaluations made "
+            "from it belong to those",
+            f"run in a new directory (hydra.run.dir=...), or delete {folder} to redo it",
+        )
+
+
+def build_and_write(
+    source: Any, data: DataConfig, cfg: SplitConfig, out: Path, selection: Selection | None = None
+) -> None:
+    """Build the split of ``cfg`` and write it to ``out`` with the config that made it."""
+    built = build_split(source, data, cfg, selection)
+    write_split(
+        built, out, {"data": {**as_dict(data), "root": str(source.root)}, "split": as_dict(cfg)}, source
+    )
+
+
+def _free_memory() -> None:
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def train_stage(
+    app: CGApp, manifest: Path, out: Path, seed: int, curves: dict[str, str] | None = None
+) -> Path:
+    """Train one model of ``app.model`` on ``manifest`` into ``out`` (resuming a half-finished one);
+    returns its ``final/`` directory. ``curves`` are the manifests scored every ``cg.curve_every``
+    steps."""
+    from cgmed.train.loop import train
+
+    final = out / "final"
+    if (final / "config.json").is_file() or (final / "adapter_config.json").is_file():
+        log.info("skip (done): %s", out)
+        return final
+    cfg = dataclasses.replace(
+        app.train, seed=seed, resume="auto", output_dir=str(out), eval_every=app.cg.curve_every
+    )
+    train(app.model, cfg, app.peft, app.distributed, str(manifest), out, None, eval_manifests=curves)
+    _free_memory()
+    return final
+
+
+def eval_stage(
+    app: CGApp, model_path: Path | str, manifest: Path, out: Path, eval_cfg: EvalConfig | None = None
+) -> Evaluation:
+    """Evaluate ``model_path`` on ``manifest`` into ``out`` (with ``app.eval`` unless ``eval_cfg``
+    is given); a finished evaluation is read back."""
+    from cgmed.eval.run import evaluate
+
+    if (out / "results.json").is_file():
+        return Evaluation(json.loads((out / "results.json").read_text()), out)
+    model = app.model
+    doc = evaluate(
+        str(model_path),
+        eval_cfg or app.eval,
+        str(manifest),
+        out,
+        model.family,
+        model.dtype,
+        {"min_pixels": model.min_pixels, "max_pixels": model.max_pixels},
+    )
+    _free_memory()
+    return Evaluation(doc, out)
