@@ -255,3 +255,94 @@ def test_demo_sized_model_runs(family, image_tokens, records, tmp_path):
     image_id = processor.tokenizer.convert_tokens_to_ids(adapter.image_token)
     assert int((batch["input_ids"] == image_id).sum()) == image_tokens
     assert torch.isfinite(model(**batch).loss)
+
+
+# --------------------------------------------------------------------------- one processor call per batch
+
+
+def _benchmark():
+    """benchmarks/collate_speed.py: it holds the per-sample reference collation."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "collate_speed.py"
+    spec = importlib.util.spec_from_file_location("collate_speed", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def mixed_records(records, tmp_path_factory):
+    """The two records plus a wide palette image and a tall one: four image sizes, three modes."""
+    root = tmp_path_factory.mktemp("mixed")
+    wide, tall = root / "wide.png", root / "tall.png"
+    Image.new("P", (300, 90), 7).save(wide)
+    Image.new("RGB", (40, 150), (10, 200, 90)).save(tall)
+    return [
+        *records,
+        {
+            "id": "wide",
+            "image": str(wide),
+            "question": records[1]["question"] + " Look closely.",
+            "answer": "C",
+        },
+        {
+            "id": "tall",
+            "image": str(tall),
+            "question": "Is it normal?\nA: Yes\nB: No\n" + SUFFIX,
+            "answer": "A",
+        },
+    ]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_batched_collation_equals_per_sample_reference(family, processors, mixed_records):
+    """One processor call per batch gives the very tensors of per-sample calls + right padding:
+    input_ids, labels, attention_mask, pixel values and every other tensor."""
+    bench = _benchmark()
+    collator = Collator(get_adapter(family), processors[family], max_length=1024)
+    batch = collator(mixed_records)
+    bench.assert_same_batch(bench.reference_collate(collator, mixed_records), batch, family)
+    _check_labels(family, processors[family], batch, mixed_records)
+    # with an over-long record left out, the batch is the reference's batch of the others
+    lengths = [collator.length(r) for r in mixed_records]
+    shorter = Collator(get_adapter(family), processors[family], max_length=sorted(lengths)[-2])
+    kept = shorter(mixed_records)
+    assert shorter.dropped == 1 and kept["input_ids"].shape[0] == len(mixed_records) - 1
+    bench.assert_same_batch(bench.reference_collate(shorter, mixed_records), kept, f"{family} drop")
+
+
+def test_collate_skips_bad_images_and_fills_the_batch(processors, mixed_records, tmp_path):
+    collator = Collator(get_adapter("qwen2_vl"), processors["qwen2_vl"], max_length=1024)
+    missing = {**mixed_records[0], "id": "gone", "image": str(tmp_path / "missing.png")}
+    out = collator.collate([missing, *mixed_records[:2]], skip_bad_images=True, fill=True)
+    assert (out.bad_images, out.too_long) == (1, 0)
+    expected = collator([mixed_records[0], mixed_records[1], mixed_records[0]])
+    assert all(torch.equal(out.batch[k], expected[k]) for k in expected)
+    assert collator.collate([missing], skip_bad_images=True).batch == {}
+    with pytest.raises(DataError, match="does not exist"):
+        collator.collate([missing, *mixed_records[:2]])
+
+
+def test_a_tokenizer_without_pad_token_pads_with_eos(processors, mixed_records):
+    processor = copy.deepcopy(processors["qwen2_vl"])
+    processor.tokenizer.pad_token = None
+    collator = Collator(get_adapter("qwen2_vl"), processor, max_length=1024)
+    assert collator.pad_id == processor.tokenizer.eos_token_id  # <|im_end|>, the end-of-turn token too
+    batch = collator(mixed_records)
+    bench = _benchmark()
+    bench.assert_same_batch(bench.reference_collate(collator, mixed_records), batch, "eos padding")
+    assert processor.tokenizer.pad_token is None
+
+
+def test_answer_merging_with_the_prompt_is_refused(processors, records):
+    processor = copy.copy(processors["llava"])
+    # generation prompt "ASSISTANT: " with its space: the answer's token "▁B" starts inside the prompt
+    processor.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'user' %}USER: <image>\n{{ m['content'][1]['text'] }} "
+        "{% else %}ASSISTANT: {{ m['content'][0]['text'] }}{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}ASSISTANT: {% endif %}"
+    )
+    with pytest.raises(DataError, match="tokenizes differently once the answer follows it"):
+        Collator(get_adapter("llava"), processor, max_length=1024)(records)

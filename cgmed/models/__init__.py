@@ -2,8 +2,8 @@
 
 * ``registry``: one :class:`BackboneAdapter` per family (parameter groups, chat formatting,
   loading) and ``detect_family`` for a checkpoint directory;
-* ``collate``: the training collator (answer-only labels, the BOS rule, the over-long-sample
-  policy) and length-grouped batching;
+* ``collate``: the training collator (one processor call per batch, answer-only labels, the BOS
+  rule, the over-long-sample policy) and length-grouped batching;
 * ``tiny``: tiny random checkpoints of every family, built offline (``init_tiny``), with the
   chat templates in ``templates/*.jinja``;
 * ``export``: merging a LoRA adapter into its base model.
@@ -11,6 +11,7 @@
 
 from cgmed.models.collate import (
     IGNORE_INDEX,
+    Collated,
     Collator,
     LengthGroupedBatchSampler,
     group_by_length,
@@ -30,6 +31,7 @@ __all__ = [
     "PARTS",
     "TINY_FAMILIES",
     "BackboneAdapter",
+    "Collated",
     "Collator",
     "LengthGroupedBatchSampler",
     "TinySize",

@@ -6,11 +6,14 @@
 * the text is the family's chat template (``BackboneAdapter.render``), the image goes
   through the family's processor, which expands the image placeholder into the visual
   tokens (Qwen, LLaVA) or builds the cross-attention mask (Llama-3.2-Vision);
+* the processor runs once per batch (images of different sizes included), right-padded,
+  and its tokenization is the only one: the answer span is located from its token
+  offsets, knowing where the rendered prompt (with the generation prompt) ends in the
+  rendered conversation. A template whose prompt is not a prefix of the conversation, or
+  a tokenizer that merges the answer into the prompt's last token, raises instead of
+  training on a shifted mask;
 * only the answer tokens and the token that closes the assistant turn (``<|im_end|>``,
-  ``<|eot_id|>``, ``</s>``) carry labels; prompt, image and padding positions are -100.
-  The answer span is found by tokenizing the prompt (with the generation prompt) and the
-  whole conversation and checking that the first is a prefix of the second; a template
-  or tokenizer that breaks this raises instead of training on a shifted mask;
+  ``<|eot_id|>``, ``</s>``) carry labels; prompt, image and padding positions are -100;
 * nothing is ever truncated: cutting a sequence could cut visual tokens ("image features
   and image tokens do not match"), or the answer. A sample longer than ``max_length`` is
   dropped and counted in ``collator.dropped`` (``on_overflow="drop"``) or raises a
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from cgmed.errors import BadImageError, ConfigError, DataError
@@ -31,10 +35,12 @@ from cgmed.models.registry import BackboneAdapter
 
 IGNORE_INDEX = -100
 OnOverflow = Literal["drop", "error"]
+_TEMPLATE_FIX = (
+    "check the chat template: the prompt with add_generation_prompt must be a prefix of the conversation"
+)
 
-# Per-token tensors (batch, seq, ...): padded on the right along the sequence, with these
-# values. Every other tensor the processor returns (pixel_values, image_grid_thw,
-# aspect_ratio_ids, ...) is per image and is concatenated along the first dimension.
+# Per-token tensors (batch, seq, ...) and the value their padded positions hold. Every other
+# tensor the processor returns (pixel_values, image_grid_thw, aspect_ratio_ids, ...) is per image.
 _SEQ_PAD = {
     "attention_mask": 0,
     "labels": IGNORE_INDEX,
@@ -77,14 +83,39 @@ def load_image(path: str, where: str = "record"):
         ) from None
 
 
+@dataclass(frozen=True)
+class Collated:
+    """A batch made by :meth:`Collator.collate` and the records it left out.
+
+    ``batch``: the padded tensors with ``labels`` (``{}`` when no record was usable);
+    ``bad_images``: records left out for an unreadable image; ``too_long``: records left
+    out for exceeding ``max_length`` (``on_overflow="drop"``).
+    """
+
+    batch: dict[str, Any]
+    bad_images: int = 0
+    too_long: int = 0
+
+
+@dataclass(frozen=True, eq=False)
+class _Rendered:
+    """One record ready for the processor: its chat text, where the prompt ends in it, its image."""
+
+    where: str
+    text: str
+    prompt_chars: int
+    image: Any = None
+
+
 class Collator:
     """Records -> padded batch with answer-only labels (see the module docstring).
 
-    ``adapter``: the family's :class:`BackboneAdapter`; ``processor``: the loaded processor;
-    ``max_length``: the longest sequence (visual tokens included) kept in a batch;
-    ``on_overflow``: ``"drop"`` (skip and count in ``self.dropped``) or ``"error"``.
-    Calling the collator returns ``{}`` when every record of the batch was dropped; use
-    :meth:`length` beforehand to filter the manifest so that this never happens.
+    ``adapter``: the family's :class:`BackboneAdapter`; ``processor``: the loaded processor
+    (with a fast tokenizer: its character offsets locate the answer); ``max_length``: the
+    longest sequence (visual tokens included) kept in a batch; ``on_overflow``: ``"drop"``
+    (skip and count in ``self.dropped``) or ``"error"``. Calling the collator returns ``{}``
+    when every record of the batch was dropped; use :meth:`length` beforehand to filter the
+    manifest so that this never happens.
     """
 
     def __init__(
@@ -112,6 +143,12 @@ class Collator:
         self.on_overflow = on_overflow
         self.dropped = 0
         tok = processor.tokenizer
+        if not getattr(tok, "is_fast", False):
+            raise ConfigError(
+                "model.path",
+                f"the tokenizer ({type(tok).__name__}) gives no character offsets, which locate the answer",
+                "use the checkpoint's fast tokenizer (a tokenizer.json, read with the tokenizers package)",
+            )
         self._tok = tok
         self.eot_id = _token_id(tok, adapter.eot_token, adapter.family)
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -123,133 +160,202 @@ class Collator:
             )
         self.pad_id = int(pad_id)
 
-    # ------------------------------------------------------------------ one sample
+    # ------------------------------------------------------------------ batches
 
-    def answer_span(self, question: str, answer: str, where: str = "record") -> tuple[str, list[int], int]:
-        """(full text, token ids after the prompt, number of them that carry labels).
+    def __call__(self, records: Sequence[Any]) -> dict[str, Any]:
+        """Encode, drop (or refuse) too-long samples, right-pad and stack."""
+        return self.collate(records).batch
 
-        The labelled tokens are the first ones after the prompt, up to and including the
-        end-of-turn token; what the template writes after it (Qwen's newline) is not trained.
+    def collate(
+        self, records: Sequence[Any], *, skip_bad_images: bool = False, fill: bool = False
+    ) -> Collated:
+        """Records -> one padded batch, with over-long records (and unreadable images) left out.
+
+        Over-long records follow ``on_overflow``. With ``skip_bad_images`` a record whose image
+        cannot be read is left out and counted, otherwise its BadImageError propagates. With
+        ``fill`` the kept records are repeated, in order, until the batch has ``len(records)``
+        rows again (ranks of a distributed run must keep their batch shape). The processor
+        runs once for the batch, and once more for the kept rows when some were left out
+        after it ran (over-long) or repeated.
         """
-        prompt = self.adapter.render(self.processor, question)
-        full = self.adapter.render(self.processor, question, answer)
-        fix = "check the chat template: the prompt with add_generation_prompt must be a prefix of the conversation"
-        if not full.startswith(prompt):
-            raise DataError(where, "the rendered prompt is not a prefix of the rendered conversation", fix)
-        add = should_add_special_tokens(self._tok, full)
-        p_ids = self._tok(prompt, add_special_tokens=add)["input_ids"]
-        f_ids = self._tok(full, add_special_tokens=add)["input_ids"]
-        if f_ids[: len(p_ids)] != p_ids:
-            raise DataError(
-                where,
-                "the prompt tokenizes differently once the answer follows it "
-                f"(answer {answer!r} merges with the prompt's last tokens)",
-                fix,
-            )
-        tail = f_ids[len(p_ids) :]
-        if self.eot_id not in tail:
-            raise DataError(
-                where,
-                f"no {self.adapter.eot_token} closes the assistant answer {answer!r}",
-                "check the chat template and BackboneAdapter.append_eot",
-            )
-        n_labels = tail.index(self.eot_id) + 1
-        if n_labels < 2:
-            raise DataError(where, "the answer is empty", "give every record a non-empty answer")
-        return full, tail, n_labels
+        rendered, bad_images = [], 0
+        for i, record in enumerate(records):
+            try:
+                rendered.append(self._render(record, i))
+            except BadImageError:
+                if not skip_bad_images:
+                    raise
+                bad_images += 1
+        if not rendered:
+            return Collated({}, bad_images)
+        batch = self._process(rendered)
+        lengths = batch["attention_mask"].sum(dim=1).tolist()
+        kept = [
+            item for item, n_tokens in zip(rendered, lengths, strict=True) if self._fits(n_tokens, item.where)
+        ]
+        too_long = len(rendered) - len(kept)
+        self.dropped += too_long
+        if kept and fill:
+            kept += [kept[k % len(kept)] for k in range(len(records) - len(kept))]
+        if too_long or len(kept) != len(rendered):
+            batch = self._process(kept) if kept else {}
+        return Collated(batch, bad_images, too_long)
+
+    # ------------------------------------------------------------------ one record
 
     def encode(self, record: Any, index: int | None = None) -> dict[str, Any]:
         """One record -> unpadded tensors (batch dimension 1) including ``labels``."""
-        import torch
-
-        where = f"record {_record_id(record, index)}"
-        image_path, question, answer = (_field(record, k) for k in ("image", "question", "answer"))
-        for key, value in (("image", image_path), ("question", question), ("answer", answer)):
-            if not isinstance(value, str) or not value:
-                raise DataError(where, f"field {key!r} is missing or empty", "rebuild the manifest")
-        full, tail, n_labels = self.answer_span(question, answer, where)
-        image = load_image(image_path, where)
-        enc = self.processor(
-            images=[image],
-            text=[full],
-            add_special_tokens=should_add_special_tokens(self._tok, full),
-            return_tensors="pt",
-        )
-        out = {k: v for k, v in enc.items() if isinstance(v, torch.Tensor)}
-        ids = out["input_ids"][0]
-        start = ids.numel() - len(tail)
-        # The processor only expands the image placeholder, which lies in the prompt: the
-        # tail must come out exactly as the text-only tokenization predicted.
-        if start < 0 or ids[start:].tolist() != tail:
-            raise DataError(
-                where,
-                "the processor's tokens after the prompt differ from the tokenizer's",
-                "check that the image placeholder appears only in the user turn",
-            )
-        labels = torch.full_like(out["input_ids"], IGNORE_INDEX)
-        labels[0, start : start + n_labels] = ids[start : start + n_labels]
-        out["labels"] = labels
-        return out
+        return self._process([self._render(record, index)])
 
     def length(self, record: Any, index: int | None = None) -> int:
         """Token count of a record, visual tokens included (what ``max_length`` bounds)."""
         return int(self.encode(record, index)["input_ids"].shape[1])
 
     def fits(self, encoded: dict[str, Any], record: Any, index: int | None = None) -> bool:
-        """The over-long-sample policy: True when ``encoded`` fits ``max_length``.
+        """The over-long-sample policy for one :meth:`encode` result: True when it fits ``max_length``.
 
         An over-long sample is never truncated (that could cut visual tokens or the answer):
         False tells the caller to leave it out (``on_overflow="drop"``); under ``"error"`` a
         DataError names the record instead.
         """
-        n_tokens = encoded["input_ids"].shape[1]
+        return self._fits(int(encoded["input_ids"].shape[1]), f"record {_record_id(record, index)}")
+
+    def answer_span(self, question: str, answer: str, where: str = "record") -> tuple[str, list[int], int]:
+        """(full text, token ids from the first answer token on, number of them that carry labels).
+
+        The text alone is tokenized (no image). The labelled tokens are the answer's, up to
+        and including the end-of-turn token; what the template writes after it (Qwen's
+        newline) is not trained.
+        """
+        text, prompt_chars = self._conversation(question, answer, where)
+        enc = self._tok(
+            text,
+            add_special_tokens=should_add_special_tokens(self._tok, text),
+            return_offsets_mapping=True,
+            return_tensors="pt",
+        )
+        ids = enc["input_ids"][0]
+        first, n_labels = self._label_span(
+            ids, enc["offset_mapping"][0], _Rendered(where, text, prompt_chars)
+        )
+        return text, ids[first:].tolist(), n_labels
+
+    # ------------------------------------------------------------------ internals
+
+    def _conversation(self, question: str, answer: str, where: str) -> tuple[str, int]:
+        """(the whole conversation's text, the length of the prompt it starts with)."""
+        prompt = self.adapter.render(self.processor, question)
+        full = self.adapter.render(self.processor, question, answer)
+        if not full.startswith(prompt):
+            raise DataError(
+                where, "the rendered prompt is not a prefix of the rendered conversation", _TEMPLATE_FIX
+            )
+        return full, len(prompt)
+
+    def _render(self, record: Any, index: int | None) -> _Rendered:
+        where = f"record {_record_id(record, index)}"
+        image_path, question, answer = (_field(record, k) for k in ("image", "question", "answer"))
+        for key, value in (("image", image_path), ("question", question), ("answer", answer)):
+            if not isinstance(value, str) or not value:
+                raise DataError(where, f"field {key!r} is missing or empty", "rebuild the manifest")
+        text, prompt_chars = self._conversation(question, answer, where)
+        return _Rendered(where, text, prompt_chars, load_image(image_path, where))
+
+    def _process(self, rendered: Sequence[_Rendered]) -> dict[str, Any]:
+        """One processor call for ``rendered``: right-padded tensors with answer-only labels."""
+        import torch
+
+        enc = self._call_processor([item.text for item in rendered], [[item.image] for item in rendered])
+        offsets = enc.pop("offset_mapping")
+        batch = {key: value for key, value in enc.items() if isinstance(value, torch.Tensor)}
+        self._clear_padding(batch)
+        ids = batch["input_ids"]
+        labels = torch.full_like(ids, IGNORE_INDEX)
+        for row, item in enumerate(rendered):
+            first, n_labels = self._label_span(ids[row], offsets[row], item)
+            labels[row, first : first + n_labels] = ids[row, first : first + n_labels]
+        batch["labels"] = labels
+        return batch
+
+    def _call_processor(self, texts: list[str], images: list[list[Any]]) -> Any:
+        """The processor on a batch: right padding, token offsets, one list of images per text."""
+        tok = self._tok
+        kwargs = dict(
+            images=images,
+            text=texts,
+            add_special_tokens=should_add_special_tokens(tok, texts[0]),
+            padding=True,
+            padding_side="right",
+            return_offsets_mapping=True,
+            return_tensors="pt",
+        )
+        if tok.pad_token is not None:
+            return self.processor(**kwargs)
+        # The tokenizer pads only with a pad token; _clear_padding writes pad_id (eos) there.
+        tok.pad_token = tok.eos_token
+        try:
+            return self.processor(**kwargs)
+        finally:
+            tok.pad_token = None
+
+    def _clear_padding(self, batch: dict[str, Any]) -> None:
+        """Padded positions hold ``pad_id`` and the ``_SEQ_PAD`` values, whatever the processor
+        wrote there (Llama-3.2-Vision's processor lets the last image's cross-attention run on
+        to the padded end)."""
+        padded = ~batch["attention_mask"].bool()
+        batch["input_ids"].masked_fill_(padded, self.pad_id)
+        for key, value in _SEQ_PAD.items():
+            tensor = batch.get(key)
+            if tensor is not None:
+                tensor.masked_fill_(padded.view(*padded.shape, *[1] * (tensor.dim() - 2)), value)
+
+    def _label_span(self, ids: Any, offsets: Any, item: _Rendered) -> tuple[int, int]:
+        """(position of the first answer token, number of labelled tokens) in one processed row.
+
+        ``offsets`` are character spans in the text the processor tokenized: ``item.text`` with
+        the prompt's image placeholders expanded. The expansion shifts the prompt's end as much
+        as it shifts the last end-of-turn token, which closes the answer. The prompt's tokens
+        must end exactly where the prompt does: a token running across (the answer merging with
+        the prompt's last characters) would make training tokens differ from the prompt's.
+        """
+        starts, ends = offsets[:, 0], offsets[:, 1]
+        spans_text = ends > starts  # not padding (which may hold eos = eot), nor an added BOS
+        eot = self.adapter.eot_token
+        close = item.text.rfind(eot)
+        eot_positions = ((ids == self.eot_id) & spans_text).nonzero().flatten()
+        if close < item.prompt_chars or eot_positions.numel() == 0:
+            raise DataError(
+                item.where,
+                f"no {eot} closes the assistant answer",
+                "check the chat template and BackboneAdapter.append_eot",
+            )
+        last = int(eot_positions[-1])
+        boundary = item.prompt_chars + int(offsets[last, 0]) - close
+        in_prompt = spans_text & (starts < boundary)
+        if in_prompt.any() and int(ends[in_prompt].max()) != boundary:
+            raise DataError(
+                item.where,
+                "the prompt tokenizes differently once the answer follows it "
+                "(the answer merges with the prompt's last characters)",
+                _TEMPLATE_FIX,
+            )
+        first = int((spans_text & (starts >= boundary)).nonzero()[0])
+        n_labels = last - first + 1
+        if n_labels < 2:
+            raise DataError(item.where, "the answer is empty", "give every record a non-empty answer")
+        return first, n_labels
+
+    def _fits(self, n_tokens: int, where: str) -> bool:
         if n_tokens <= self.max_length:
             return True
         if self.on_overflow == "error":
             raise DataError(
-                f"record {_record_id(record, index)}",
+                where,
                 f"{n_tokens} tokens (visual tokens included) exceed train.max_length={self.max_length}; "
                 "truncating would cut image tokens or the answer",
                 "raise train.max_length, lower model.max_pixels, or set train.on_overflow=drop",
             )
         return False
-
-    # ------------------------------------------------------------------ a batch
-
-    def __call__(self, records: Sequence[Any]) -> dict[str, Any]:
-        """Encode, drop (or refuse) too-long samples, right-pad and stack."""
-        samples = []
-        for i, record in enumerate(records):
-            encoded = self.encode(record, i)
-            if self.fits(encoded, record, i):
-                samples.append(encoded)
-            else:
-                self.dropped += 1
-        if not samples:
-            return {}
-        return self.pad(samples)
-
-    def pad(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        """Right-pad per-token tensors and concatenate per-image tensors of encoded samples."""
-        import torch
-
-        keys = list(samples[0])
-        if any(list(s) != keys for s in samples):
-            raise ValueError(f"samples carry different tensors: {[sorted(s) for s in samples]}")
-        width = max(s["input_ids"].shape[1] for s in samples)
-        batch = {}
-        for key in keys:
-            if key == "input_ids" or key in _SEQ_PAD:
-                value = self.pad_id if key == "input_ids" else _SEQ_PAD[key]
-                parts = []
-                for s in samples:
-                    t = s[key]
-                    fill = t.new_full((t.shape[0], width - t.shape[1], *t.shape[2:]), value)
-                    parts.append(torch.cat([t, fill], dim=1))
-                batch[key] = torch.cat(parts, dim=0)
-            else:
-                batch[key] = torch.cat([s[key] for s in samples], dim=0)
-        return batch
 
 
 def should_add_special_tokens(tokenizer: Any, text: str) -> bool:

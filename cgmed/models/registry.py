@@ -37,8 +37,9 @@ class BackboneAdapter:
     """Family-specific facts and the chat formatting of one VLM family.
 
     ``eot_token`` closes the assistant answer and is trained on; ``append_eot`` is set for
-    families whose hub chat template leaves the assistant turn open (llava-hf's template
-    ends the answer with a space, while LLaVA-1.5 was trained on ``ASSISTANT: B</s>``).
+    families whose hub chat template leaves assistant turns open (llava-hf's template ends
+    each answer with a space, while LLaVA-1.5 was trained on ``ASSISTANT: B</s>USER: ...``):
+    ``render`` then closes every assistant turn, in-context examples included, with it.
     ``pixel_knobs`` are the processor arguments that bound image resolution (empty when
     the family resizes to a fixed size).
     """
@@ -125,19 +126,40 @@ class BackboneAdapter:
         """Chat-template text (image placeholders not yet expanded: one per shot, then the question's).
 
         Without ``answer``: the prompt ending with the generation prompt (what the model
-        sees at inference). With ``answer``: the whole conversation, the answer closed by
-        ``eot_token``.
+        sees at inference). With ``answer``: the whole conversation. Every assistant turn,
+        the in-context examples' included, ends with ``eot_token`` as in the family's
+        multi-turn chat format (``append_eot``).
         """
-        if answer is None:
-            return processor.apply_chat_template(
-                self.messages(question, shots=shots), add_generation_prompt=True
-            )
-        text = processor.apply_chat_template(
-            self.messages(question, answer, shots), add_generation_prompt=False
-        )
-        if self.append_eot and not text.rstrip().endswith(self.eot_token):
-            text = text.rstrip() + self.eot_token
-        return text
+        conv = self.messages(question, answer, shots)
+        text = processor.apply_chat_template(conv, add_generation_prompt=answer is None)
+        return self._close_assistant_turns(processor, conv, text) if self.append_eot else text
+
+    def _close_assistant_turns(self, processor: Any, conv: list[dict[str, Any]], text: str) -> str:
+        """``text`` (the template's rendering of ``conv``) with every assistant turn that the
+        template leaves open closed by ``eot_token`` in place of its trailing whitespace.
+
+        The turns are found by rendering the conversation up to each assistant turn, which
+        must be a prefix of ``text``: LLaVA-1.5 (``conv_vicuna_v1``) reads
+        ``USER: <image>\\nQ ASSISTANT: A</s>USER: ...``, llava-hf's template writes ``A USER:``.
+        """
+        closed, done = [], 0
+        for end, message in enumerate(conv, start=1):
+            if message["role"] != "assistant":
+                continue
+            upto = text if end == len(conv) else processor.apply_chat_template(conv[:end])
+            if not text.startswith(upto) or len(upto) < done:
+                raise ConfigError(
+                    "model.path",
+                    f"the {self.family} chat template renders an earlier turn differently once later turns "
+                    "follow it, so in-context answers cannot be closed",
+                    "use the family's hub chat template",
+                )
+            turn = upto[done:]
+            if not turn.rstrip().endswith(self.eot_token):
+                turn = turn.rstrip() + self.eot_token
+            closed.append(turn)
+            done = len(upto)
+        return "".join(closed) + text[done:]
 
     # ------------------------------------------------------------------ loading
 

@@ -10,6 +10,7 @@ without reading the skipped batches.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from array import array
@@ -99,16 +100,28 @@ class BatchPlan:
         return self.n // self.global_batch
 
 
-def steps_for(plan: BatchPlan, grad_accum: int, max_steps: int, epochs: float) -> int:
-    """Optimizer steps of the run: ``max_steps``, or ``epochs`` worth of full steps when it is -1."""
-    per_epoch = plan.micro_batches_per_epoch() // grad_accum
+def steps_for(n_samples: int, global_micro_batch: int, grad_accum: int, max_steps: int, epochs: float) -> int:
+    """Optimizer steps of the run: ``max_steps``, or ``epochs`` worth of full steps when it is -1.
+
+    ``global_micro_batch`` is per_device_batch_size x processes (see :class:`BatchPlan`).
+    """
+    per_epoch = (n_samples // global_micro_batch) // grad_accum
     if per_epoch < 1:
         raise ConfigError(
             "train.per_device_batch_size",
-            f"{plan.n} samples cannot fill one optimizer step of {plan.global_batch * grad_accum} samples",
-            "lower train.per_device_batch_size / train.grad_accum or add data",
+            f"{n_samples} samples cannot fill one optimizer step of {global_micro_batch * grad_accum} samples",
+            "lower train.per_device_batch_size / train.grad_accum / train.global_batch_size or add data",
         )
     return max_steps if max_steps > 0 else max(1, math.floor(per_epoch * epochs))
+
+
+def manifest_sha256(path: str | Path) -> str:
+    """The content hash of a manifest: a resumed run must read the same samples."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def micro_batches(
