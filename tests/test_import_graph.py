@@ -137,3 +137,25 @@ def test_the_library_never_imports_the_apps(app):
         if target == app or target.startswith(app + ".")
     ]  # fmt: skip
     assert not offenders, offenders
+
+
+@pytest.mark.parametrize("package", ["cgmed.data", "cgmed.models", "cgmed.train", "cgmed.eval", "cgmed.cg"])
+def test_each_subpackage_exports_its_entry_points(package):
+    import importlib
+
+    module = importlib.import_module(package)
+    assert module.__doc__ and "``" in module.__doc__, f"{package} needs a docstring saying what lives where"
+    assert getattr(module, "__all__", None), f"{package} exports nothing"
+    for name in module.__all__:
+        assert getattr(module, name) is not None, f"{package}.{name}"
+
+
+def test_the_entry_points_named_in_the_docs_import():
+    from cgmed.cg import run_cg
+    from cgmed.data import build_split, open_source
+    from cgmed.eval import parse_choice
+    from cgmed.models import init_tiny
+    from cgmed.train import train
+
+    assert parse_choice("B", ["no", "yes"]) == "B"
+    assert all(callable(f) for f in (run_cg, build_split, open_source, init_tiny, train))
