@@ -6,8 +6,14 @@
 The rows, the paper's numbers and every inferred choice with its reason are data, in
 ``experiments/paper/*.yaml`` (their format is described in experiments/README.md; the reasons
 are explained in docs/paper.md). This script turns them into configs: it fills the text
-templates, resolves each Related source to the subsets it names (shown in a comment beside it)
-and writes the files with ruamel.yaml, which can attach those comments.
+templates, resolves each Related source to the subsets it names under the config's
+``split.same_triplet`` (shown in a comment beside it) and writes the files with ruamel.yaml,
+which can attach those comments.
+
+A printed name stands for a MAT triplet, so a source is a MAT pattern whenever its triplet is
+shared by several subsets (14/15, 16/34, 18/20, 25/35, 27/36, 29/37): ``split.same_triplet``
+then decides, in every config alike, whether it takes all of them (``merge``) or the lowest id
+(``first``). A source given by the id of such a subset is refused.
 """
 
 from __future__ import annotations
@@ -194,17 +200,62 @@ def title_values(row: Row, source: Row | None, index: int) -> dict[str, Any]:
     return values
 
 
-def source_node(source: Source) -> tuple[Any, str]:
+def same_triplet_of(name: str, config: Config, configs: dict[str, Config]) -> str:
+    """The ``split.same_triplet`` a config runs with: its own setting, else its base's."""
+    for holder in (config, configs.get(config.base or "")):
+        rule = (holder.settings.get("split") or {}).get("same_triplet") if holder else None
+        if rule is not None:
+            return str(rule)
+    raise ConfigError(
+        f"{name}.settings.split.same_triplet",
+        "is set neither by the config nor by its base",
+        "set it in the base (setups.yaml): every paper config reads same-triplet names one way",
+    )
+
+
+def siblings(sid: str) -> list[str]:
+    """The other classification subsets with ``sid``'s MAT triplet.
+
+    Detection subsets of one triplet detect different findings (the paper names them by finding:
+    "Lung Det", "Spinal Error Det"; the triplet's task is only ``Det``), so an id may name one of
+    them; a classification name is a triplet."""
+    if SELECTABLE[sid].status == "det":
+        return []
+    mine = MEDMAT_SUBSETS[sid].triplet
+    return [other for other, v in SELECTABLE.items() if other != sid and v.triplet == mine]
+
+
+def same_triplet_note(ids: list[str], same_triplet: str) -> str:
+    """What ``split.same_triplet`` did to a pattern's subsets, when a matched triplet has several."""
+    shared = [sid for sid in ids if siblings(sid)]
+    if not shared:
+        return ""
+    if same_triplet == "merge":
+        return " (same triplet, merged: split.same_triplet=merge)"
+    groups = ", ".join("/".join(sorted([sid, *siblings(sid)])) for sid in shared)
+    return f" (the lowest id of {groups}: split.same_triplet=first)"
+
+
+def source_node(source: Source, same_triplet: str, where: str) -> tuple[Any, str]:
     """A Related entry and its comment: the name as printed -> the subsets it takes; why."""
     entry = node(dict(source.select), depth=5) if isinstance(source.select, dict) else str(source.select)
     text = source.name
+    if isinstance(entry, str) and entry in SELECTABLE and siblings(entry):
+        raise ConfigError(
+            where,
+            f"{source.name!r} is given by the id {entry}, whose triplet {triplet(entry)} subsets "
+            f"{', '.join(siblings(entry))} share",
+            "write the MAT pattern, so that split.same_triplet decides which of them it takes",
+        )
     if isinstance(entry, dict) or entry in SELECTABLE:  # not a derived subset (data.derived)
-        ids = resolve_ids([entry], SELECTABLE, VOCAB, source.name)
-        text += " -> " + ", ".join(f"{sid} {triplet(sid)}" for sid in ids)
+        ids = resolve_ids([entry], SELECTABLE, VOCAB, source.name, same_triplet)
+        text += (
+            " -> " + ", ".join(f"{sid} {triplet(sid)}" for sid in ids) + same_triplet_note(ids, same_triplet)
+        )
     return entry, text + (f"; {source.why}" if source.why else "")
 
 
-def target_node(row: Row, title: str) -> CommentedMap:
+def target_node(row: Row, title: str, same_triplet: str, where: str) -> CommentedMap:
     """One ``cg.targets`` entry, its title, target and notes as comment lines above it."""
     target = row.target
     described = target.id  # a derived subset (data.derived) is not in the subset table
@@ -221,7 +272,7 @@ def target_node(row: Row, title: str) -> CommentedMap:
     else:
         entry["related"] = CommentedSeq()
         for i, source in enumerate(row.related):
-            value, comment = source_node(source)
+            value, comment = source_node(source, same_triplet, f"{where}.related[{i}]")
             entry["related"].append(value)
             end_comment(entry["related"], i, comment)
     if row.without:
@@ -283,8 +334,8 @@ def lookup(doc: CommentedMap, dotted: str, where: str) -> tuple[Any, Any]:
     return parent, key
 
 
-def render(name: str, config: Config, table3: dict[int, Row]) -> str:
-    """One config file's text."""
+def render(name: str, config: Config, table3: dict[int, Row], same_triplet: str) -> str:
+    """One config file's text; Related names resolved under ``same_triplet``."""
     doc = CommentedMap()
     header = fill(config.header, config.fields, f"{name}.header").rstrip("\n")
     doc.yaml_set_start_comment(f"@package _global_\n{header}")
@@ -302,7 +353,7 @@ def render(name: str, config: Config, table3: dict[int, Row]) -> str:
         row, source = resolved(spec, table3, where)
         values = config.fields | title_values(row, source, index)
         title = fill(row.title or config.title, values, f"{where}.title")
-        doc["cg"]["targets"].append(target_node(row, title))
+        doc["cg"]["targets"].append(target_node(row, title, same_triplet, where))
     for dotted, text in config.comments.items():
         end_comment(*lookup(doc, dotted, f"{name}.comments"), fill(text, config.fields, f"{name}.comments"))
     if config.subset_keys:
@@ -320,7 +371,10 @@ def render(name: str, config: Config, table3: dict[int, Row]) -> str:
 def render_all() -> dict[str, str]:
     """File name -> text of every config the data files describe."""
     configs, table3 = load_data()
-    return {f"{name}.yaml": render(name, config, table3) for name, config in configs.items()}
+    return {
+        f"{name}.yaml": render(name, config, table3, same_triplet_of(name, config, configs))
+        for name, config in configs.items()
+    }
 
 
 TABLE3 = [row for _, row in sorted(load_data()[1].items())]  # Table 3's 43 rows, in order

@@ -1,11 +1,17 @@
-"""Answer parsing: option letters from free text, MiniGPT-v2 boxes, IoU and cumulative IoU."""
+"""Answer parsing (option letters from free text, negation, MiniGPT-v2 boxes, IoU and cumulative
+IoU) and the generation side of evaluation: the paper's prompt, unparsed answers counted wrong
+and reported per subset."""
 
 from __future__ import annotations
 
 import pytest
 
 from cgmed.data.boxes import ciou, format_box, iou, parse_box
+from cgmed.data.choices import ANSWER_SUFFIX, format_question
+from cgmed.eval.metrics import results
 from cgmed.eval.parse import REASONS, parse_choice, parse_choice_detail
+from cgmed.eval.run import results_document
+from cgmed.eval.score import Answered, EvalConfig, choice_row, score_records
 
 OPTS = ["Tumor", "Cyst", "Stone", "Normal"]  # A..D; B is Cyst
 TWO = ["Yes", "No"]
@@ -163,6 +169,61 @@ def test_parse_choice_matches_detail_and_accepts_tuples():
         assert parse_choice(text, tuple(options)) == parse_choice_detail(text, options)[0]
 
 
+THREE = ["Tumor", "Cyst", "Stone"]  # no negative option
+NON_TUMOR = ["Tumor", "Non-tumor"]
+COVID = ["COVID", "Normal"]
+
+# A negated mention ("no X", "not X", "without X", "X is absent", "negative for X") is no choice of
+# X, and never a guess at its counterpart ("Normal", "Non-tumor", the other option of two).
+NEGATION_CASES = [
+    # negated only: unparsed, whatever negative option the choices hold
+    ("There is no tumor.", OPTS, (None, "negated")),
+    ("There is no tumor.", THREE, (None, "negated")),
+    ("There is no tumor.", NON_TUMOR, (None, "negated")),
+    ("No evidence of a tumor.", OPTS, (None, "negated")),
+    ("Not a cyst.", OPTS, (None, "negated")),
+    ("This is not a cyst.", ["Cyst", "Tumor"], (None, "negated")),
+    ("The kidney is without any stone.", OPTS, (None, "negated")),
+    ("Tumor is absent.", OPTS, (None, "negated")),
+    ("The tumor is not present.", OPTS, (None, "negated")),
+    ("Negative for tumor.", OPTS, (None, "negated")),
+    ("COVID negative", COVID, (None, "negated")),
+    ("It does not show a tumor.", OPTS, (None, "negated")),
+    ("There isn't any tumor.", OPTS, (None, "negated")),
+    ("Neither a cyst nor a stone.", OPTS, (None, "negated")),
+    ("Not normal.", NORMAL, (None, "negated")),
+    ("The answer is not A.", OPTS, (None, "negated")),
+    ("A. There is no tumor.", OPTS, (None, "negated")),  # the letter's own option denied
+    # a negated mention beside a plain one: the plain one is the answer
+    ("It is not a tumor but a cyst.", OPTS, ("B", "option_text")),
+    ("This is a cyst, not a tumor.", OPTS, ("B", "option_text")),
+    ("No tumor; the kidney is normal.", OPTS, ("D", "option_text")),
+    ("Normal, without tumor.", OPTS, ("D", "option_text")),
+    ("The finding is not normal: it is abnormal.", NORMAL, ("B", "option_text")),
+    ("B. There is no tumor.", OPTS, ("B", "letter")),  # B = Cyst; only another option is denied
+    ("B, not A.", OPTS, ("B", "letter")),
+    # no negation: "No" as a reply, or the option's own text
+    ("No, it is a cyst.", OPTS, ("B", "option_text")),
+    ("There is no tumor.", TUMOR, ("B", "option_text")),  # the option "No tumor" itself
+    ("Non-tumor", NON_TUMOR, ("B", "option_text")),
+    ("Negative", ["Positive", "Negative"], ("B", "option_text")),
+    ("Tumor", NON_TUMOR, ("A", "option_text")),
+]
+
+
+@pytest.mark.parametrize(("text", "options", "expected"), NEGATION_CASES)
+def test_a_negated_mention_is_no_choice(text, options, expected):
+    assert parse_choice_detail(text, options) == expected
+
+
+def test_negation_table_is_large_and_unique():
+    assert len(NEGATION_CASES) >= 15
+    assert sum(r is None for _, _, (r, _) in NEGATION_CASES) >= 8
+    keys = [(t, tuple(o)) for t, o, _ in NEGATION_CASES]
+    assert len(keys) == len(set(keys))
+    assert "negated" in REASONS
+
+
 def test_option_text_containing_a_letter_is_not_a_letter():
     opts = ["Hepatitis A", "Hepatitis B", "Cirrhosis"]
     assert parse_choice("Hepatitis B", opts) == "B"
@@ -249,3 +310,106 @@ def test_ciou_hand_computed():
     assert ciou(iter([((0, 0, 10, 10), (0, 0, 10, 10))])) == 1.0
     # cumulative, not the mean of per-pair IoUs (50/150 and 4/16 average to 0.2917)
     assert ciou(pairs) != pytest.approx((50 / 150 + 4 / 16) / 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Generation: the paper's evaluation (unparsable answers count as wrong)
+# ---------------------------------------------------------------------------------------------
+
+
+def mc_record(rid: str, subset: str, answer: str = "B") -> dict:
+    return {
+        "id": rid,
+        "subset": subset,
+        "modality": "CT",
+        "area": "Lung",
+        "task": "Cancer",
+        "image": "/nonexistent.png",
+        "label": OPTS[ord(answer) - 65],
+        "question": format_question("Which finding?", OPTS),
+        "options": OPTS,
+        "answer": answer,
+    }
+
+
+class ScriptedScorer:
+    """A scorer whose generated answers are given in advance, one per question in order."""
+
+    method = "generation"
+
+    def __init__(self, texts: list[str]):
+        self.texts = iter(texts)
+        self.questions: list[str] = []
+
+    def answer(self, items, shots=None):
+        out = []
+        for question, options, _ in items:
+            self.questions.append(question)
+            text = next(self.texts)
+            out.append((parse_choice(text, options), text))
+        return out
+
+
+def test_generation_counts_unparsed_answers_wrong_and_reports_them_per_subset():
+    records = [mc_record("q1", "01"), mc_record("q2", "01"), mc_record("q3", "02"), mc_record("q4", "02")]
+    scorer = ScriptedScorer(["B", "There is no tumor.", "I'm sorry", "The answer is B."])
+    rows = score_records(scorer, records, batch_size=3, circular=False)
+    assert [r["pred"] for r in rows] == ["B", None, None, "B"]
+    assert [r["correct"] for r in rows] == [True, False, False, True]
+    assert [r.get("parse") for r in rows] == ["letter", "negated", "refusal", "letter"]
+    doc = results(rows, n_boot=0)
+    assert doc["overall"]["accuracy"] == 0.5  # the unparsed answers count in the denominator
+    assert (doc["overall"]["unparsed"], doc["overall"]["unparsed_rate"]) == (2, 0.5)
+    assert doc["per_subset"]["01"]["unparsed"] == 1 and doc["per_subset"]["01"]["unparsed_rate"] == 0.5
+    assert doc["per_mat"]["CT Lung Cancer"]["unparsed"] == 2
+    assert doc["unparsed"] == 2 and doc["unparsed_reasons"] == {"negated": 1, "refusal": 1}
+    full = results_document(rows, records, EvalConfig(method="generation"), scorer, None, "m", "t.jsonl")
+    assert full["method"] == "generation" and full["overall"]["unparsed"] == 2
+
+
+def test_option_scoring_rows_have_no_unparsed_answers():
+    row = choice_row(mc_record("q1", "01"), [Answered("C", None, "B")], circular=False)
+    assert row["correct"] is False and "parse" not in row and "text" not in row
+    doc = results([row], n_boot=0)
+    assert doc["overall"]["unparsed"] == 0 and doc["overall"]["unparsed_rate"] == 0.0
+
+
+def test_generation_asks_with_the_papers_trailing_sentence(tmp_path):
+    """The prompt a generating model sees ends with the released sentence asking for the letter,
+    in the manifest's questions, in every rotation of a circular evaluation, and when a
+    hand-made manifest left it out."""
+    from PIL import Image
+
+    from cgmed.eval.score import Scorer, load_for_eval
+    from cgmed.models.tiny import init_tiny
+
+    model_dir = init_tiny("qwen2_vl", tmp_path / "tiny")
+    image = tmp_path / "x.png"
+    Image.new("RGB", (56, 56)).save(image)
+    scorer = Scorer(*load_for_eval(model_dir), method="generation", max_new_tokens=2)
+    seen: list[str] = []
+
+    class SpyAdapter:
+        """The model's adapter, noting every question it renders into a prompt."""
+
+        def __init__(self, adapter):
+            self.adapter = adapter
+
+        def __getattr__(self, name):
+            return getattr(self.adapter, name)
+
+        def render(self, processor, question, answer=None, shots=()):
+            seen.append(question)
+            return self.adapter.render(processor, question, answer, shots)
+
+    scorer.adapter = SpyAdapter(scorer.adapter)
+    record = {**mc_record("q1", "01"), "image": str(image)}
+    bare = {**record, "id": "q2", "question": record["question"].removesuffix("\n" + ANSWER_SUFFIX)}
+    rows = score_records(scorer, [record], batch_size=4, circular=True)
+    rows += score_records(scorer, [record, bare], batch_size=4, circular=False)
+    assert len(seen) == len(OPTS) + 2 and all(r["correct"] in (True, False) for r in rows)
+    for question in seen:
+        *_, last_option, suffix = question.split("\n")
+        assert (
+            suffix == ANSWER_SUFFIX and last_option.startswith("D: ") and question.count(ANSWER_SUFFIX) == 1
+        )

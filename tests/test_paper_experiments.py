@@ -12,10 +12,12 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import json
+import re
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from hydra import compose, initialize_config_dir
 
 from cgmed.cg.run import run_groups
@@ -94,9 +96,11 @@ def check_intent(group: str | None, target: SubsetInfo, related: list[SubsetInfo
 
 
 def check_three_element(target: SubsetInfo, related: list[SubsetInfo]) -> None:
-    """Table 10: modality, area and task each come from a different one of three subsets."""
-    assert len(related) == 3
-    shares = [shared_elements(r, target, VOCAB) for r in related]
+    """Table 10: modality, area and task each come from a different one of three sources (a
+    source is a triplet: the subsets that share one are merged, split.same_triplet=merge)."""
+    sources = list({r.triplet: r for r in related}.values())
+    assert len(sources) == 3
+    shares = [shared_elements(r, target, VOCAB) for r in sources]
     orders = itertools.permutations(("modality", "area", "task"))
     assert any(all(el in s for el, s in zip(order, shares, strict=True)) for order in orders), shares
     # where the subset table allows it, each source shares only the element it gives
@@ -134,6 +138,11 @@ def test_base_files_set_the_paper_setup(name):
     )
     assert t["peft"].method == "full" and t["data"].root is None and t["synth"].layout == "medmat"
     assert t["split"].cap_per_subset == 3000 and not t["cg"].targets
+    # every paper config reads same-triplet names one way, stated in its base
+    assert (
+        t["split"].same_triplet == "merge"
+        and "same_triplet: merge  # " in (PAPER / f"{name}.yaml").read_text()
+    )
     # a command-line group choice still wins over the base's defaults
     assert (
         typed_config(compose_cfg([f"experiment=paper/{name}", "peft=lora"]), ("peft",))["peft"].method
@@ -204,8 +213,9 @@ def test_paper_experiment_plans_on_the_standin(name, standin, tmp_path, capsys):
             assert rel["sizes"]["train"] == TRAIN_PER_SUBSET * len(related) + 4
             assert sum(rel["counts"]["train"][spec.target].values()) == 4
         elif name.startswith("table13"):
-            # one detection and one classification subset, each sharing an element with the target
-            assert sorted(r.status == "det" for r in related) == [False, True]
+            # one detection subset and one classification triplet, each sharing an element with the target
+            assert sum(r.status == "det" for r in related) == 1
+            assert len({r.triplet for r in related if r.status != "det"}) == 1
             assert all(shared_elements(r, target, VOCAB) for r in related)
             det = next(r for r in related if r.status == "det")
             assert sum(rel["counts"]["train"][det.id].values()) == TRAIN_PER_SUBSET
@@ -302,6 +312,53 @@ def test_table3_rows_use_the_printed_names(standin, tmp_path):
         "t3_row02": ["04", "05"],  # CT Lung Cancer + CT Brain State (not 06, CT Brain Cancer)
         "t3_row13": ["27", "28", "36"],  # X-ray Lung COVID + X-ray Bones Diseases (27, 36)
     }
+
+
+SELECTABLE = {sid: v for sid, v in MEDMAT_SUBSETS.items() if v.status in ("ID", "OOD", "det")}
+ALL_CONFIGS = sorted(p.stem for p in PAPER.glob("*.yaml") if not p.name.startswith("_"))
+# a Related entry and the comment the generator writes beside it: "  - ENTRY  # NAME -> 25 X-ray ..., 35 ..."
+RELATED_LINE = re.compile(r"^ +- (\{[^}]*\}|'\d\d'|\w+)  # [^#]*? -> ((?:\d\d [^,;(]+?(?:, |(?= \(|;|$)))+)")
+
+
+def same_triplet_groups(ids: list[str]) -> dict[tuple[str, str, str], frozenset[str]]:
+    groups: dict[tuple[str, str, str], set[str]] = {}
+    for sid in ids:
+        groups.setdefault(SELECTABLE[sid].triplet, set()).add(sid)
+    return {triplet: frozenset(group) for triplet, group in groups.items()}
+
+
+def test_a_related_name_resolves_to_the_same_subsets_in_every_config():
+    """One rule (split.same_triplet) reads every printed name: a triplet stands for the same
+    subsets wherever a paper config trains on it, and the comment beside each entry says which."""
+    seen: dict[tuple[str, str, str], tuple[frozenset[str], str]] = {}
+    entries = commented = 0
+    for name in ALL_CONFIGS:
+        t = typed_config(compose_cfg([f"experiment=paper/{name}"]), ("cg", "split"))
+        rule = t["split"].same_triplet
+        assert rule == "merge", name  # the paper merged same-triplet data (docs/paper.md)
+        for spec in t["cg"].targets:
+            for entry in spec.related if isinstance(spec.related, list) else []:
+                if isinstance(entry, str) and entry not in SELECTABLE:
+                    continue  # a derived subset (Table 8)
+                ids = resolve_ids([entry], SELECTABLE, VOCAB, "k", same_triplet=rule)
+                entries += 1
+                for triplet, group in same_triplet_groups(ids).items():
+                    # a Det name is a finding, not a triplet: an id names one Det subset (experiments/paper_tables.py)
+                    everyone = frozenset(s for s, v in SELECTABLE.items() if v.triplet == triplet)
+                    if triplet[2] != "Det":
+                        assert group == everyone, (name, spec.name, entry, sorted(group), sorted(everyone))
+                    first, where = seen.setdefault(triplet, (group, f"{name}:{spec.name}"))
+                    assert group == first, (
+                        f"{triplet}: {sorted(group)} in {name}:{spec.name}, {sorted(first)} in {where}"
+                    )
+        for line in (PAPER / f"{name}.yaml").read_text().splitlines():
+            m = RELATED_LINE.match(line)
+            if m:
+                commented += 1
+                entry = yaml.safe_load(m.group(1))
+                ids = resolve_ids([entry], SELECTABLE, VOCAB, "k", same_triplet=rule)
+                assert re.findall(r"\b(\d\d) ", m.group(2)) == ids, line
+    assert entries > 150 and commented > 150 and seen[("X-ray", "Bones", "Level")][0] == {"25", "35"}
 
 
 def metric_of(row: dict) -> str:

@@ -10,7 +10,9 @@ with a typed result:
 3. :func:`training_quotas` -> :class:`TrainingQuotas`: samples per training subset, after the
    per-subset cap, the size match and the total cap;
 4. :func:`draw_samples` -> :class:`DrawnSamples`: training, target test, seen-test and in-context
-   samples, label-balanced (:mod:`cgmed.data.sampling`);
+   samples, label-balanced (:mod:`cgmed.data.sampling`; test sets under the rules stated in
+   :class:`~cgmed.data.split.SplitConfig`, each target's rule, size and a warning when it is too
+   small to tell arms apart in ``split_meta.json``'s ``test_sets``);
 5. :func:`write_questions`: every sample gets its final prompt and answer;
 6. :func:`audit_drawn`: the leakage audit (:mod:`cgmed.data.audit`).
 
@@ -42,11 +44,11 @@ from typing import Any
 from cgmed.config import as_dict
 from cgmed.data.audit import AuditReport, audit_split, record_overlaps
 from cgmed.data.boxes import format_box
-from cgmed.data.choices import format_question, instruction, make_options
+from cgmed.data.choices import canonical_label, format_question, instruction, label_parts, make_options
 from cgmed.data.record import Sample, rng_for
-from cgmed.data.sampling import sample_balanced_test, sample_shots, sample_train
+from cgmed.data.sampling import balance_rule, sample_balanced_test, sample_shots, sample_train
 from cgmed.data.source import BadSamples, DataConfig, Source, SubsetIndex, open_source
-from cgmed.data.split import SplitConfig, balanced_quota, resolve_ids, select_train
+from cgmed.data.split import SMALL_TEST_SET, SplitConfig, balanced_quota, resolve_ids, select_train
 from cgmed.data.subsets import SubsetInfo
 from cgmed.data.vocab import Vocabulary
 from cgmed.errors import ConfigError, DataError
@@ -54,6 +56,9 @@ from cgmed.errors import ConfigError, DataError
 log = logging.getLogger(__name__)
 MANIFESTS = ("train", "test", "seen_test", "shots")
 OPTIONAL_MANIFESTS = ("shots",)  # written only when asked for (split.shots_per_label)
+# synth switches whose false value adds nothing to the world: kept out of its cache key, so a
+# world has one folder whether or not its config spells them (and from before they existed)
+SYNTH_SWITCHES_OFF_BY_DEFAULT = ("medmat_detection", "medmat_multi_label")
 
 
 @dataclass
@@ -91,6 +96,7 @@ class DrawnSamples:
     # leakage audit lets exactly these through its id and triplet checks
     target_train_ids: frozenset[str] = frozenset()
     notes: list[str] = field(default_factory=list)
+    test_sets: dict[str, dict[str, Any]] = field(default_factory=dict)  # per target: describe_test_set()
 
 
 @dataclass
@@ -107,6 +113,7 @@ class BuiltSplit:
     notes: list[str] = field(default_factory=list)
     shots: list[Sample] = field(default_factory=list)
     asked: tuple[str, ...] = ()  # optional manifests the config asked for (written even when empty)
+    test_sets: dict[str, dict[str, Any]] = field(default_factory=dict)  # per target: describe_test_set()
 
 
 def select_subsets(source: Source, cfg: SplitConfig) -> Selection:
@@ -116,13 +123,15 @@ def select_subsets(source: Source, cfg: SplitConfig) -> Selection:
     when ``split.train=related`` finds nothing related.
     """
     subsets, vocab = source.subsets(), source.vocab
-    targets = resolve_ids(cfg.targets, subsets, vocab, "split.targets")
+    targets = resolve_ids(cfg.targets, subsets, vocab, "split.targets", cfg.same_triplet)
     rule = cfg.train if isinstance(cfg.train, str) else None
     if rule in ("related", "unrelated") and not targets:
         raise ConfigError(
             "split.targets", f"split.train={rule} needs held-out targets", "set split.targets=[...]"
         )
-    train = select_train(cfg.train, cfg.without, targets, subsets, vocab, cfg.train_status)
+    train = select_train(
+        cfg.train, cfg.without, targets, subsets, vocab, cfg.train_status, same_triplet=cfg.same_triplet
+    )
     if rule == "related" and not train:
         names = ", ".join(subsets[t].describe() for t in targets)
         raise ConfigError(
@@ -144,7 +153,9 @@ def _size_reference(
         selector, without = spec.get("train", "related"), spec.get("without", [])
     else:
         selector, without = spec, []
-    return select_train(selector, without, targets, subsets, vocab, cfg.train_status, "split.match_size_of")
+    return select_train(
+        selector, without, targets, subsets, vocab, cfg.train_status, "split.match_size_of", cfg.same_triplet
+    )
 
 
 def training_quotas(
@@ -208,6 +219,10 @@ def draw_samples(
         )
     own_ids = frozenset(s.id for s in own)
     test = _draw_target_tests(source, indexes, targets, cfg, bad)
+    test_sets = {
+        sid: describe_test_set(sid, indexes[sid], [s for s in test if s.subset == sid]) for sid in targets
+    }
+    notes += [info["warning"] for info in test_sets.values() if "warning" in info]
     shots: list[Sample] = []
     if cfg.shots_per_label:
         for sid in targets:
@@ -218,8 +233,10 @@ def draw_samples(
     if cfg.seen_test:
         for sid in selection.train:
             if sid not in targets:
-                seen += sample_balanced_test(source, indexes[sid], cfg.test_per_label, cfg.seed, bad)
-    return DrawnSamples(train + own, test, seen, shots, own_ids, notes)
+                seen += sample_balanced_test(
+                    source, indexes[sid], cfg.test_per_label, cfg.seed, bad, cfg.min_test_samples
+                )
+    return DrawnSamples(train + own, test, seen, shots, own_ids, notes, test_sets)
 
 
 def _draw_target_tests(
@@ -229,10 +246,13 @@ def _draw_target_tests(
     cfg: SplitConfig,
     bad: BadSamples,
 ) -> list[Sample]:
-    """The targets' strictly label-balanced test sets; a target without test samples is an error."""
+    """The targets' label-balanced test sets (each under its subset's rule, ``SplitConfig``); a
+    target without test samples is an error."""
     test: list[Sample] = []
     for sid in targets:
-        got = sample_balanced_test(source, indexes[sid], cfg.test_per_label, cfg.seed, bad)
+        got = sample_balanced_test(
+            source, indexes[sid], cfg.test_per_label, cfg.seed, bad, cfg.min_test_samples
+        )
         if not got:
             raise DataError(
                 f"target subset {source.subsets()[sid].describe()}",
@@ -241,6 +261,24 @@ def _draw_target_tests(
             )
         test += got
     return test
+
+
+def describe_test_set(sid: str, idx: SubsetIndex, test: Sequence[Sample]) -> dict[str, Any]:
+    """``split_meta.json``'s ``test_sets`` entry of one target: its balance rule, size, individual
+    label counts and, under ``SMALL_TEST_SET`` questions, a warning (also printed by the build)."""
+    individual = Counter(part for s in test for part in label_parts(s.label))
+    info: dict[str, Any] = {
+        "test_balance": balance_rule(idx),
+        "n": len(test),
+        "individual_labels": dict(sorted(individual.items())),
+    }
+    if len(test) < SMALL_TEST_SET:
+        info["warning"] = (
+            f"target {sid} has {len(test)} test questions, fewer than {SMALL_TEST_SET}: too small to tell "
+            "arms apart (add test data, or pick another target)"
+        )
+        log.warning(info["warning"])
+    return info
 
 
 def write_question(sample: Sample, subset_labels: list[str], cfg: SplitConfig) -> None:
@@ -264,7 +302,8 @@ def write_question(sample: Sample, subset_labels: list[str], cfg: SplitConfig) -
         raise DataError(
             f"subset {sample.subset}", f"cannot write a multiple-choice question for {sample.id}: {err}"
         ) from None
-    sample.options, sample.answer = options, letter
+    # the label in its canonical spelling, as the options write it
+    sample.label, sample.options, sample.answer = canonical_label(sample.label), options, letter
     sample.question = format_question(instruction(sample.task, sample.modality, sample.area, rng), options)
 
 
@@ -300,12 +339,16 @@ def _sort(samples: list[Sample]) -> list[Sample]:
     return sorted(samples, key=lambda s: (s.subset, s.id))
 
 
-def build_split(source: Source, data_cfg: DataConfig, cfg: SplitConfig) -> BuiltSplit:
+def build_split(
+    source: Source, data_cfg: DataConfig, cfg: SplitConfig, selection: Selection | None = None
+) -> BuiltSplit:
     """Select, index, quota, draw, write questions and audit one experiment's split (module docstring).
 
-    Bad samples stop the build after indexing and after drawing unless ``data.on_bad_sample=skip``.
+    ``selection`` is what :func:`select_subsets` gives for ``cfg``, when the caller has it already
+    (``cgmed-cg`` selects while it plans each target). Bad samples stop the build after indexing
+    and after drawing unless ``data.on_bad_sample=skip``.
     """
-    selection = select_subsets(source, cfg)
+    selection = selection or select_subsets(source, cfg)
     bad = BadSamples(data_cfg.max_bad_examples)
     indexes = {sid: source.index(sid, bad) for sid in selection.subset_ids()}
     bad.raise_if_any(data_cfg.on_bad_sample)
@@ -325,13 +368,14 @@ def build_split(source: Source, data_cfg: DataConfig, cfg: SplitConfig) -> Built
         notes=quotas.notes + drawn.notes,
         shots=_sort(drawn.shots),
         asked=("shots",) if cfg.shots_per_label else (),
+        test_sets=drawn.test_sets,
     )
 
 
 def _counts(samples: list[Sample]) -> dict[str, dict[str, int]]:
     out: dict[str, Counter] = {}
     for s in samples:
-        out.setdefault(s.subset, Counter())[s.label] += 1
+        out.setdefault(s.subset, Counter())[canonical_label(s.label)] += 1
     return {sid: dict(sorted(c.items())) for sid, c in sorted(out.items())}
 
 
@@ -369,6 +413,7 @@ def write_split(
         "train_subsets": [subsets[t].to_json() for t in built.train_subsets],
         "sizes": {name: len(getattr(built, name)) for name in names},
         "counts": {name: _counts(getattr(built, name)) for name in names},
+        "test_sets": built.test_sets,
         "notes": built.notes,
         "audit": built.audit.to_json(),
         "bad_samples": built.bad.summary(),
@@ -382,17 +427,19 @@ def write_split(
 
 
 def resolve_root(data_cfg: DataConfig, synth_cfg: Any | None = None) -> Path:
-    """``data.root``, or the synthetic world (generated once into ``data.cache_dir``) when it is null."""
+    """``data.root``, or when it is null the synthetic world (generated once into ``data.cache_dir``),
+    or for ``data.format=hf`` the working directory."""
     if data_cfg.root is not None:
         return Path(data_cfg.root).expanduser().resolve()
+    if data_cfg.format == "hf":  # the datasets name their own paths; relative ones start here
+        return Path.cwd()
     from cgmed.data.synth import SynthConfig, write_release
 
     synth_cfg = synth_cfg or SynthConfig()
     fields = as_dict(synth_cfg)
-    if isinstance(fields, dict) and fields.get("medmat_detection") is False:
-        # false adds nothing to the world: out of the cache key, so a world without detection
-        # subsets has one folder whether or not its config spells the flag
-        del fields["medmat_detection"]
+    for switch in SYNTH_SWITCHES_OFF_BY_DEFAULT:
+        if isinstance(fields, dict) and fields.get(switch) is False:
+            del fields[switch]
     key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
     root = Path(data_cfg.cache_dir).expanduser().resolve() / f"synth-{key}"
     if not (root / "cgmed_catalog.json").exists():

@@ -2,6 +2,11 @@
 
 The released Med-MAT prompts are the instruction, one ``A: text`` line per option and the
 trailing sentence ``ANSWER_SUFFIX``; the paper's Figure 8 writes ``A. text``. Both parse.
+
+A label may be a **label set**: a multi-label record's answer is its findings joined by commas
+(``"Effusion, Nodule"``), in any order. :func:`canonical_label` gives a label its one spelling
+(order-free); every place that compares or counts labels (sampling, counts, options, the
+answer check) goes through it, so ``"Nodule, Effusion"`` and ``"Effusion, Nodule"`` are one label.
 """
 
 from __future__ import annotations
@@ -120,6 +125,29 @@ def detection_instruction(finding: str, modality: str, area: str, rng: random.Ra
     return text.format(f=finding, m=MODALITY_TEXT.get(modality, modality), a=area.lower())
 
 
+def label_parts(label: str) -> tuple[str, ...]:
+    """The individual labels of a (comma-joined) label, in canonical order: each trimmed, inner
+    whitespace collapsed, sorted case-insensitively, a repeat (in any case) kept once."""
+    parts: dict[str, str] = {}
+    for raw in str(label).split(","):
+        text = " ".join(raw.split())
+        if text:
+            parts.setdefault(text.casefold(), text)
+    return tuple(sorted(parts.values(), key=lambda p: (p.casefold(), p)))
+
+
+def canonical_label(label: str) -> str:
+    """A label's one spelling: its individual labels (:func:`label_parts`) joined by ``", "``.
+
+    ``"Nodule, Effusion"`` -> ``"Effusion, Nodule"``; a single label only loses stray spaces."""
+    return ", ".join(label_parts(label))
+
+
+def is_label_set(label: str) -> bool:
+    """True for a multi-label record's label: two or more individual labels."""
+    return len(label_parts(label)) > 1
+
+
 def make_options(
     label: str,
     labels: Sequence[str],
@@ -129,11 +157,14 @@ def make_options(
 ) -> tuple[list[str], str]:
     """Options for ``label``: distractors drawn from the subset's other labels.
 
+    Labels are compared and written canonically (:func:`canonical_label`): one label set is
+    never offered twice, and the right option is ``canonical_label(label)``.
     ``order="shuffle"`` puts the options in random order; ``"sorted"`` keeps them sorted
     by text (a fixed order makes the letter <-> label mapping learnable from scratch).
     Returns (options, answer letter).
     """
-    others = sorted({x for x in labels if x != label})
+    label = canonical_label(label)
+    others = sorted({canonical_label(x) for x in labels} - {label})
     if not others:
         raise ValueError(f"label {label!r} has no other label in its subset to draw distractors from")
     k = min(max_options, len(others) + 1)
@@ -192,11 +223,6 @@ def parse_question_choice(text: str) -> tuple[str, list[str]]:
 
 
 def same_label(a: str, b: str) -> bool:
-    """Label equality tolerant of case, spacing and the order of comma-joined multi-labels."""
-    if a == b:
-        return True
-
-    def key(s: str) -> tuple[str, ...]:
-        return tuple(sorted(p.strip().lower() for p in str(s).split(",") if p.strip()))
-
-    return key(a) == key(b)
+    """Label equality tolerant of case, spacing and the order of comma-joined multi-labels
+    (:func:`canonical_label`, compared case-insensitively)."""
+    return a == b or canonical_label(a).casefold() == canonical_label(b).casefold()

@@ -7,6 +7,13 @@ given element must match, the task matching after the merge rule), or a rule nam
 - ``unrelated``: shares no element with any target;
 - ``all``: every subset but the targets; ``none``: no training data (the Baseline).
 
+A rule never selects a subset with a target's exact MAT triplet (Med-MAT ships six pairs of
+subsets with one triplet: 14/15, 16/34, 18/20, 25/35, 27/36, 29/37): a target is a combination
+never seen in training. **Same-triplet subsets** under a MAT pattern follow ``split.same_triplet``:
+``merge`` (default; the paper merged same-triplet data into one subset) takes every subset with a
+matched triplet, ``first`` only the first of them in catalog order (the lowest id). A subset id
+always names that one subset.
+
 ``without: [modality]`` drops related subsets that share the modality with a target (the
 paper's w/o Modality / Area / Task ablation). Only subsets whose status is in
 ``train_status`` are trained on (detection subsets join only when asked for).
@@ -23,6 +30,8 @@ from cgmed.data.vocab import ELEMENT_KINDS, Vocabulary
 from cgmed.errors import ConfigError
 
 RULES = ("related", "unrelated", "all", "none")
+SMALL_TEST_SET = 100  # a target test set with fewer questions is too small to tell arms apart
+SAME_TRIPLET = ("merge", "first")
 
 
 @dataclass
@@ -41,7 +50,26 @@ class OptionsConfig:
 
 @dataclass
 class SplitConfig:
-    """``split`` config group: one experiment's held-out targets and training selection."""
+    """``split`` config group: one experiment's held-out targets and training selection.
+
+    **Test sets** are label-balanced, one of two rules per subset (``split_meta.json`` names it
+    under ``test_sets.<id>.test_balance``):
+
+    - ``per_label_set`` (single-label subsets): strictly balanced, every label the same count,
+      the count of the rarest label (at most ``test_per_label``), as in the paper;
+    - ``per_label`` (multi-label subsets, whose labels are comma-joined sets such as
+      ``"Effusion, Nodule"``, compared order-free): greedy per individual label. The test records
+      are put in a seeded random order; repeatedly, the individual label present least often so far
+      (ties by name) takes its next unused record, until every label is present as often as the
+      rarest label's records allow (at most ``test_per_label``), and then on, the same way, until
+      the set holds ``min_test_samples`` records, records run out, or every label reaches
+      ``test_per_label``. A record brings all its labels, so counts come out about equal, not
+      exactly.
+
+    A target test set of fewer than ``SMALL_TEST_SET`` (100) questions is too small to tell arms
+    apart: ``split_meta.json`` carries a warning for it (``test_sets.<id>.warning``) and the build
+    prints it among its notes.
+    """
 
     targets: list[Any] = field(default_factory=list)
     train: Any = "related"  # a rule name, or a list of subset ids / MAT patterns
@@ -51,6 +79,9 @@ class SplitConfig:
     cap_per_subset: int = 3000  # label-balanced cap per training subset (paper: 3,000)
     max_train_samples: int | None = None  # cap on the whole training set (scaling study: 15,000)
     test_per_label: int | None = None  # cap per label of each test set (null = as large as balance allows)
+    # floor on a multi-label (per_label) test set when the data allow it; see the class docstring
+    min_test_samples: int = 100
+    same_triplet: Literal["merge", "first"] = "merge"  # which same-triplet subsets a MAT pattern takes
     # add N samples of each target's own training portion to the training set (label-balanced): the
     # paper's limited-target-data study (Figure 6) and the detection experiments (Table 5)
     target_train_samples: int = 0
@@ -84,6 +115,14 @@ class SplitConfig:
             raise ConfigError("split.shots_per_label", "must be >= 0")
         if self.cap_per_subset < 1:
             raise ConfigError("split.cap_per_subset", "must be >= 1")
+        if self.min_test_samples < 0:
+            raise ConfigError("split.min_test_samples", "must be >= 0")
+        if self.same_triplet not in SAME_TRIPLET:
+            raise ConfigError(
+                "split.same_triplet",
+                f"{self.same_triplet!r} is not one of {list(SAME_TRIPLET)}",
+                "merge: a MAT pattern takes every subset with its triplet; first: only the lowest id",
+            )
         for key in ("max_train_samples", "test_per_label"):
             v = getattr(self, key)
             if v is not None and v < 1:
@@ -142,23 +181,41 @@ def shared_elements(a: SubsetInfo, b: SubsetInfo, vocab: Vocabulary) -> set[str]
     return out
 
 
+def first_of_each_triplet(ids: Sequence[str], subsets: Mapping[str, SubsetInfo]) -> list[str]:
+    """``ids`` (in catalog order) keeping only the first subset of each MAT triplet."""
+    seen: set[tuple[str, str, str]] = set()
+    out = []
+    for sid in ids:
+        if subsets[sid].triplet not in seen:
+            seen.add(subsets[sid].triplet)
+            out.append(sid)
+    return out
+
+
 def resolve_ids(
-    items: Sequence[Any], subsets: Mapping[str, SubsetInfo], vocab: Vocabulary, key: str
+    items: Sequence[Any],
+    subsets: Mapping[str, SubsetInfo],
+    vocab: Vocabulary,
+    key: str,
+    same_triplet: str = "merge",
 ) -> list[str]:
-    """Subset ids and patterns -> the ids they name, in catalog order; nothing matched is an error."""
+    """Subset ids and patterns -> the ids they name, in catalog order; nothing matched is an error.
+
+    A pattern takes every matching subset (``same_triplet="merge"``) or the first subset of each
+    matching triplet (``"first"``); see the module docstring."""
     chosen: set[str] = set()
     for i, item in enumerate(items):
         where = f"{key}[{i}]"
         if isinstance(item, Mapping):
             pat = resolve_pattern(item, vocab, where)
-            hit = {sid for sid, info in subsets.items() if matches(info, pat, vocab)}
+            hit = [sid for sid, info in subsets.items() if matches(info, pat, vocab)]
             if not hit:
                 raise ConfigError(
                     where,
                     f"MAT pattern {pat} matches no subset in the data",
                     "run `cgmed-data catalog data.root=...` to list the subsets and their triplets",
                 )
-            chosen |= hit
+            chosen.update(first_of_each_triplet(hit, subsets) if same_triplet == "first" else hit)
         else:
             sid = normalize_subset_id(item)
             if sid not in subsets:
@@ -177,21 +234,24 @@ def select_train(
     vocab: Vocabulary,
     train_status: Sequence[str],
     key: str = "split.train",
+    same_triplet: str = "merge",
 ) -> list[str]:
     """The training subsets named by ``selector`` (rule or explicit list).
 
-    Explicit lists are taken as written (a target in one is caught by the leakage audit,
-    which names it); rules never return a target and respect ``train_status``.
+    Explicit lists are taken as written (a target, or a subset with a target's triplet, in one
+    is caught by the leakage audit, which names it); rules never return a target or a subset
+    with a target's triplet, and respect ``train_status``.
     """
     if not (isinstance(selector, str) and selector in RULES):
         items = selector if isinstance(selector, Sequence) and not isinstance(selector, str) else [selector]
-        return resolve_ids(items, subsets, vocab, key)
+        return resolve_ids(items, subsets, vocab, key, same_triplet)
     if selector == "none":
         return []
     target_infos = [subsets[t] for t in targets]
+    target_triplets = {t.triplet for t in target_infos}
     out = []
     for sid, info in subsets.items():
-        if sid in targets or info.status not in train_status:
+        if sid in targets or info.triplet in target_triplets or info.status not in train_status:
             continue
         shared = (
             set().union(*(shared_elements(info, t, vocab) for t in target_infos)) if target_infos else set()

@@ -6,11 +6,16 @@ Groups that hold detection rows (rows with a ground-truth ``box``) also get ``ci
 bootstrap over rows). In a mixed group ``accuracy`` counts every row (a detection row is
 correct at IoU >= 0.5) and ``chance`` averages the classification rows only; a group without
 classification rows has ``chance`` NaN. Groups without detection rows get ``accuracy``, ``n``,
-``chance`` and ``ci95`` only.
+``chance``, ``ci95``, ``unparsed`` and ``unparsed_rate`` only.
+
+``unparsed`` counts the rows whose answer could not be read (``pred`` None: a generated answer
+:func:`cgmed.eval.parse.parse_choice` cannot map to one option, a box answer without a box); they
+are wrong, so they stay in ``n``. Option scoring always gives a letter (``unparsed`` 0).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -71,11 +76,14 @@ def summary(rows: Sequence[Mapping[str, Any]], n_boot: int, seed: int) -> dict[s
     cls = [r for r in rows if not is_detection_row(r)] if det else rows
     # A box has no chance level: a group of detection rows only gets NaN, as an empty group does.
     chance = float(np.mean([1.0 / max(1, len(r["options"])) for r in cls])) if cls else float("nan")
+    unparsed = sum(1 for r in rows if r.get("pred") is None)
     out = {
         "accuracy": float(np.mean(correct)) if rows else float("nan"),
         "n": len(rows),
         "chance": chance,
         "ci95": list(bootstrap_ci(correct, n_boot, seed)),
+        "unparsed": unparsed,
+        "unparsed_rate": unparsed / len(rows) if rows else float("nan"),
     }
     if det:
         out.update(detection_summary(det, n_boot, seed))
@@ -87,7 +95,8 @@ def mat_key(row: Mapping[str, Any]) -> str:
 
 
 def results(predictions: Iterable[Mapping[str, Any]], n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """The ``results.json`` document: overall, per subset and per MAT combination."""
+    """The ``results.json`` document: overall, per subset and per MAT combination; ``unparsed``
+    (all rows) and ``unparsed_reasons`` (the parser's reason per unreadable generated answer)."""
     rows = list(predictions)
     by_subset: dict[str, list] = {}
     by_mat: dict[str, list] = {}
@@ -101,4 +110,7 @@ def results(predictions: Iterable[Mapping[str, Any]], n_boot: int = 1000, seed: 
         },
         "per_mat": {k: summary(v, n_boot, seed) for k, v in sorted(by_mat.items())},
         "unparsed": sum(1 for r in rows if r.get("pred") is None),
+        "unparsed_reasons": dict(
+            sorted(Counter(r["parse"] for r in rows if r.get("pred") is None and "parse" in r).items())
+        ),
     }

@@ -12,6 +12,12 @@ How an answer is read, rule by rule in order:
    inside "abnormal"); a comma-joined multi-label also matches in any part order. A match
    contained in a longer match is dropped ("no tumor" names "No tumor", not "Tumor"). The
    matched text is masked, so letters inside option texts are never letters.
+   A **negated** mention denies its option instead of naming it: a negator before it ("no",
+   "not", "n't", "never", "without", "neither", "nor", "absence of", "free of", "negative for",
+   with fillers such as "a", "any", "evidence of", "show" between) or a denial after it ("is
+   absent", "is not present / seen / visible / detected / found ...", "ruled out", "negative").
+   So does a letter after "not" ("not A", "not option A"). A denied option is never chosen, and
+   its counterpart ("Normal", "Non-tumor", the other one of two) is never guessed from it.
 3. Declared letters: a line that is only a letter in either case, with optional brackets
    or punctuation (``B``, ``b``, ``(B)``, ``[B]``, ``B.``, ``B)``); a line starting with a
    delimited letter (``B. Cyst``, ``B: Cyst``, ``B) Cyst``, ``(B) Cyst``; not ``E.g.``);
@@ -35,8 +41,12 @@ How an answer is read, rule by rule in order:
    None, reason ``"ambiguous"``): an option text attached to it (``B: Tumor``, ``Tumor (B)``)
    must be its own, and if the answer names any option text, one must be its own (``B. The
    lesion is a tumor`` with B = Cyst is None; ``B. Cyst, not a tumor`` is B).
-9. Without a letter: exactly one option named is ``"option_text"``; several are
-   ``"ambiguous"`` (``Cyst and Tumor``); none is ``"no_match"``.
+   A letter whose own option the text denies (``A. There is no tumor.`` with A = Tumor) is
+   None, reason ``"negated"``.
+9. Without a letter: exactly one option named (not denied) is ``"option_text"``; several are
+   ``"ambiguous"`` (``Cyst and Tumor``); none is ``"negated"`` when the answer denies an option
+   (``There is no tumor.``: unparsed, and counted wrong, rather than read as ``Normal``), else
+   ``"no_match"``.
 """
 
 from __future__ import annotations
@@ -49,7 +59,7 @@ from collections.abc import Sequence
 from cgmed.data.choices import LETTERS
 
 #: The reasons :func:`parse_choice_detail` returns.
-REASONS = ("letter", "option_text", "ambiguous", "refusal", "out_of_range", "empty", "no_match")
+REASONS = ("letter", "option_text", "ambiguous", "refusal", "out_of_range", "negated", "empty", "no_match")
 
 _MARKUP = re.compile(r"\*+|`+|__+")
 _QUOTES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u201c": '"', "\u201d": '"'})
@@ -105,6 +115,27 @@ _REFUSAL = re.compile(
     r"|(?:insufficient|not[ \t]+enough)[ \t]+information)",
     re.I,
 )
+# Negation (rule 2): a negator and optional fillers right before an option mention, or a denial
+# right after it. Searched in a short window before the mention ("There is no evidence of a tumor").
+_NEGATION_FILLERS = (
+    r"a|an|the|any|some|evidence|signs?|indications?|features?|of|obvious|visible|apparent|clear|"
+    r"definite|significant|show|shows|showing|have|has|contain|contains|see|seen|appear|appears|"
+    r"indicate|indicates|suggest|suggests|demonstrate|demonstrates|look|looks|like|be|is|are|there"
+)
+_NEGATED_BEFORE = re.compile(
+    r"(?:\b(?:no|not|never|without|neither|nor|absence[ \t]+of|free[ \t]+of|negative[ \t]+for)|n't)"
+    rf"(?:[ \t]+(?:{_NEGATION_FILLERS}))*[ \t]*$",
+    re.I,
+)
+_NEGATED_AFTER = re.compile(
+    r"[ \t]*(?:(?:is|are|was|were|has[ \t]+been|have[ \t]+been)[ \t]+)?"
+    r"(?:absent|ruled[ \t]+out|excluded|negative"
+    r"|not[ \t]+(?:present|seen|visible|detected|found|identified|observed|evident|shown|noted))\b",
+    re.I,
+)
+_NEGATION_WINDOW = 80  # characters before a mention searched for its negator
+# A letter denied: "not A", "not option (A)".
+_NEGATED_LETTER = re.compile(r"\bnot[ \t]+(?:(?:option|choice|letter)[ \t]+)?[(\[{]?[ \t]*$", re.I)
 _ATTACHED_AFTER = re.compile(r"[\s.:)\]}\-\u2013\u2014,=]*")
 _ATTACHED_BEFORE = re.compile(r"[\s(\[{\-\u2013\u2014:,]*")
 
@@ -158,6 +189,23 @@ def _option_spans(text: str, options: tuple[str, ...]) -> tuple[list[tuple[int, 
     return spans, "".join(chars)
 
 
+def _negated(s: str, start: int, end: int) -> bool:
+    """True when the option mention ``s[start:end]`` is denied ("no tumor", "tumor is absent")."""
+    before = s[max(0, start - _NEGATION_WINDOW) : start]
+    return bool(_NEGATED_BEFORE.search(before) or _NEGATED_AFTER.match(s, end))
+
+
+def _split_negated(s: str, spans: list[tuple[int, int, int]]) -> tuple[list[tuple[int, int, int]], set[int]]:
+    """The option mentions that name their option, and the indices of the options denied."""
+    named, denied = [], set()
+    for span in spans:
+        if _negated(s, span[0], span[1]):
+            denied.add(span[2])
+        else:
+            named.append(span)
+    return named, denied
+
+
 def _next_word(s: str, pos: int) -> str | None:
     m = _NEXT_WORD.match(s, pos)
     return m.group(1).lower() if m else None
@@ -192,9 +240,10 @@ def _declared(s: str) -> list[tuple[str, int, int]]:
     return sorted(set(out), key=lambda t: t[1])
 
 
-def _mentioned(s: str, n: int) -> list[tuple[str, int, int]]:
+def _mentioned(s: str, n: int, denied: set[int]) -> list[tuple[str, int, int]]:
     """Other in-range letter mentions: bracketed "(b)", bare capitals in running text (not the
-    article "A", not "I" unless there are 9+ options, not abbreviations like "E. coli")."""
+    article "A", not "I" unless there are 9+ options, not abbreviations like "E. coli"). A letter
+    after "not" is no mention: its option goes into ``denied``."""
     out: list[tuple[str, int, int]] = []
     for m in _WEAK.finditer(s):
         if m.group(1):
@@ -203,7 +252,11 @@ def _mentioned(s: str, n: int) -> list[tuple[str, int, int]]:
             ch, a, b = m.group(2), m.start(2), m.end(2)
             if (ch == "I" and n <= 8) or _reads_as_word(s, ch, b) or _ABBREV.match(s, b):
                 continue
-        if LETTERS.index(ch) < n:
+        if LETTERS.index(ch) >= n:
+            continue
+        if _NEGATED_LETTER.search(s[max(0, m.start() - _NEGATION_WINDOW) : m.start()]):
+            denied.add(LETTERS.index(ch))
+        else:
             out.append((ch, a, b))
     return out
 
@@ -243,8 +296,8 @@ def parse_choice_detail(text: str | None, options: Sequence[str]) -> tuple[str |
 
     ``options`` are the option texts in shown order (letter i is ``"ABCDEFGHIJ"[i]``). Reasons:
     ``"letter"``, ``"option_text"`` (an answer), ``"ambiguous"``, ``"refusal"``,
-    ``"out_of_range"``, ``"empty"``, ``"no_match"`` (no answer). The rules are listed in the
-    module docstring (rule numbers below refer to them).
+    ``"out_of_range"``, ``"negated"``, ``"empty"``, ``"no_match"`` (no answer). The rules are
+    listed in the module docstring (rule numbers below refer to them).
     """
     if text is None:
         return None, "empty"
@@ -253,20 +306,26 @@ def parse_choice_detail(text: str | None, options: Sequence[str]) -> tuple[str |
         return None, "empty"
     opts = tuple(str(o) for o in options)
     spans, masked = _option_spans(s, opts)  # rule 2
+    spans, denied = _split_negated(s, spans)
     declared = _declared(masked)  # rule 3
     if not declared and _REFUSAL.search(masked):  # rule 4
         return None, "refusal"
     if _disjunction(masked, len(opts)):  # rule 5
         return None, "ambiguous"
-    by_letter = _letter_answer(masked, declared, spans, len(opts))  # rules 6-8
-    return by_letter if by_letter is not None else _option_text_answer(spans)  # rule 9
+    by_letter = _letter_answer(masked, declared, spans, len(opts), denied)  # rules 6-8
+    return by_letter if by_letter is not None else _option_text_answer(spans, denied)  # rule 9
 
 
 def _letter_answer(
-    masked: str, declared: list[tuple[str, int, int]], spans: list[tuple[int, int, int]], n: int
+    masked: str,
+    declared: list[tuple[str, int, int]],
+    spans: list[tuple[int, int, int]],
+    n: int,
+    denied: set[int],
 ) -> tuple[str | None, str] | None:
     """Rules 6-8: the declared letter, or else the letters mentioned, checked against the option
-    texts; None when the answer holds no letter."""
+    texts (``spans``: the options named; ``denied``: the options denied, to which letters after
+    "not" are added); None when the answer holds no letter."""
     letters = declared
     if declared:
         if len({t[0] for t in declared}) > 1:
@@ -274,24 +333,27 @@ def _letter_answer(
         if LETTERS.find(declared[0][0]) not in range(n):
             return None, "out_of_range"
     else:
-        letters = _mentioned(masked, n)
+        letters = _mentioned(masked, n, denied)
         if len({t[0] for t in letters}) > 1:
             return None, "ambiguous"
     if not letters:
         return None
+    if LETTERS.index(letters[0][0]) in denied:
+        return None, "negated"
     if not _consistent(masked, letters, spans):
         return None, "ambiguous"
     return letters[0][0], "letter"
 
 
-def _option_text_answer(spans: list[tuple[int, int, int]]) -> tuple[str | None, str]:
-    """Rule 9: exactly one option named by its text is the answer; several are ambiguous."""
+def _option_text_answer(spans: list[tuple[int, int, int]], denied: set[int]) -> tuple[str | None, str]:
+    """Rule 9: exactly one option named by its text is the answer; several are ambiguous; none,
+    where the answer denies an option, is unparsed for that reason."""
     named = {i for _, _, i in spans}
     if len(named) == 1:
         return LETTERS[named.pop()], "option_text"
     if named:
         return None, "ambiguous"
-    return None, "no_match"
+    return None, "negated" if denied else "no_match"
 
 
 def parse_choice(text: str | None, options: Sequence[str]) -> str | None:

@@ -1,10 +1,12 @@
 """Scoring multiple-choice answers: option log-likelihood (one forward pass) or generation + parsing.
 
 Option scoring reads, after the prompt, the log-probability of each option's letter token and
-takes the best: no sampling, no parsing errors, one batched forward pass. Generation decodes
-greedily and maps the text to a letter with :func:`cgmed.eval.parse.parse_choice`. Circular
-evaluation asks each question once per rotation of its options and counts it right only if
-every rotation is right.
+takes the best: no sampling, no parsing errors, one batched forward pass. Generation is the
+paper's evaluation: the question ends with the released sentence asking for the letter
+(``ANSWER_SUFFIX``, added where a hand-made manifest lacks it), the model decodes greedily and
+:func:`cgmed.eval.parse.parse_choice` reads the text; an answer it cannot read (``pred`` None,
+the reason in the row's ``parse``) counts as wrong. Circular evaluation asks each question once
+per rotation of its options and counts it right only if every rotation is right.
 
 Detection records (a ``box``, no options) are always answered by generation, whatever
 ``eval.method`` says (there are no options to score), with room for a whole box
@@ -29,11 +31,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cgmed.data.boxes import check_box, format_box, iou, is_detection_row, parse_box
-from cgmed.data.choices import LETTERS, format_question, parse_question_choice
+from cgmed.data.choices import (
+    ANSWER_SUFFIX,
+    LETTERS,
+    canonical_label,
+    format_question,
+    parse_question_choice,
+    same_label,
+)
 from cgmed.data.manifest import iter_jsonl_numbered
 from cgmed.data.record import rng_for
 from cgmed.errors import ConfigError, DataError
-from cgmed.eval.parse import parse_choice
+from cgmed.eval.parse import parse_choice, parse_choice_detail
 from cgmed.models.collate import Collator, load_image, should_add_special_tokens
 from cgmed.models.registry import BackboneAdapter, detect_family, get_adapter
 
@@ -124,7 +133,7 @@ def _check_choice(r: dict[str, Any], where: str) -> None:
     if not (2 <= len(opts) <= len(LETTERS)) or r.get("answer") not in LETTERS[: len(opts)]:
         raise DataError(where, f"answer {r.get('answer')!r} does not point at one of {len(opts)} options")
     chosen = opts[LETTERS.index(r["answer"])]
-    if chosen != r.get("label", chosen):
+    if not same_label(chosen, r.get("label", chosen)):
         raise DataError(where, f"answer {r['answer']} is {chosen!r}, label is {r['label']!r}")
 
 
@@ -185,7 +194,7 @@ class ShotPool:
                 raise DataError(
                     self.path, f"record {r['id']} is a detection record; shots are multiple-choice"
                 )
-            label = r.get("label") or r["options"][LETTERS.index(r["answer"])]
+            label = canonical_label(r.get("label") or r["options"][LETTERS.index(r["answer"])])
             self.by_subset.setdefault(r["subset"], {}).setdefault(label, []).append(r)
 
     def check(self, records: Sequence[dict[str, Any]]) -> None:
@@ -200,7 +209,7 @@ class ShotPool:
             labels = self.by_subset.get(subset)
             if not labels:
                 raise DataError(self.path, f"holds no example of subset {subset}", fix)
-            asked = {r.get("label") for r in records if r["subset"] == subset} - {None}
+            asked = {canonical_label(r["label"]) for r in records if r["subset"] == subset and r.get("label")}
             if asked - set(labels):
                 raise DataError(
                     self.path,
@@ -349,7 +358,8 @@ class Scorer:
         import torch
 
         if self.method != "option_scoring":
-            texts = self.generate([(q, img) for q, _, img in items], self.max_new_tokens, shots)
+            asked = [(with_answer_suffix(q), img) for q, _, img in items]
+            texts = self.generate(asked, self.max_new_tokens, shots)
             return [(parse_choice(t, opts), t) for t, (_, opts, _) in zip(texts, items, strict=True)]
         inputs = self._inputs([q for q, _, _ in items], [img for _, _, img in items], shots)
         with torch.no_grad():
@@ -360,6 +370,14 @@ class Scorer:
             scores = logp[row, self.letter_ids(len(opts))]
             out.append((LETTERS[int(scores.argmax())], None))
         return out
+
+
+def with_answer_suffix(question: str) -> str:
+    """``question`` ending with the paper's ``ANSWER_SUFFIX`` (every built manifest has it; a
+    hand-made one may not, and a generating model must be asked for the letter)."""
+    if question.rstrip().endswith(ANSWER_SUFFIX):
+        return question
+    return f"{question.rstrip()}\n{ANSWER_SUFFIX}"
 
 
 def detection_row(record: dict[str, Any], text: str | None) -> dict[str, Any]:
@@ -457,6 +475,8 @@ def choice_row(
     }
     if first.text is not None:
         row["text"] = first.text
+        # why the answer was (not) read; the first asked variant has the record's own options
+        row["parse"] = parse_choice_detail(first.text, record["options"])[1]
     if circular:
         row["circular_preds"] = [a.pred for a in answers]
     if shots is not None:
