@@ -116,7 +116,7 @@ def select_target(index: int, spec: CGTarget, split: SplitConfig, source: Any) -
     trains on (at least one)."""
     subsets, vocab = source.subsets(), source.vocab
     key = f"cg.targets[{index}]"
-    ids = resolve_ids([spec.target], subsets, vocab, f"{key}.target")
+    ids = resolve_ids([spec.target], subsets, vocab, f"{key}.target", split.same_triplet)
     if len(ids) != 1:
         raise ConfigError(
             f"{key}.target",
