@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cgmed.cli.hydra_app import app_config, run_app, run_dir
+from cgmed.data.imaging import ImageConfig
 from cgmed.data.source import DataConfig
 from cgmed.errors import ConfigError
 from cgmed.eval.score import EvalConfig
@@ -25,6 +26,7 @@ class EvalApp:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    image: ImageConfig = field(default_factory=ImageConfig)
 
 
 def job(cfg: Any) -> None:
@@ -46,6 +48,7 @@ def job(cfg: Any) -> None:
         model.family,
         model.dtype,
         {"min_pixels": model.min_pixels, "max_pixels": model.max_pixels},
+        image=app.image,
     )
     print(summary_lines(doc))
     print(f"written to {run_dir()}")

@@ -34,6 +34,7 @@ App = TypeVar("App")
 def _schemas() -> dict[str, type]:
     from cgmed.cg.config import CGConfig
     from cgmed.cli.tiny_group import TinyInit
+    from cgmed.data.imaging import ImageConfig
     from cgmed.data.source import DataConfig
     from cgmed.data.split import SplitConfig
     from cgmed.data.synth import SynthConfig
@@ -44,6 +45,7 @@ def _schemas() -> dict[str, type]:
         "data": DataConfig,
         "split": SplitConfig,
         "synth": SynthConfig,
+        "image": ImageConfig,
         "tiny": TinyInit,
         "eval": EvalConfig,
         "cg": CGConfig,

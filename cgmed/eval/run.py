@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cgmed.data.boxes import is_detection_row
+from cgmed.data.imaging import ImageConfig
 from cgmed.data.manifest import write_jsonl
 from cgmed.eval.metrics import results
 from cgmed.eval.score import (
@@ -72,12 +73,14 @@ def evaluate(
     dtype: str = "float32",
     processor_kwargs: dict[str, Any] | None = None,
     model: Any = None,
+    image: ImageConfig | None = None,
 ) -> dict[str, Any]:
     """Score ``test_manifest``; rank 0 writes ``predictions.jsonl`` and ``results.json`` in ``out_dir``.
 
     ``model`` may be a ``(model, processor, adapter)`` triple already in memory (evaluation
     during training); otherwise ``model_path`` is loaded. Detection records are answered by
     generation whatever ``eval.method`` is; ``results.json`` then says so under ``detection``.
+    ``image`` is the image conversion (the ``image`` group); it must be the one training used.
     """
     import torch
     from accelerate import PartialState
@@ -91,12 +94,13 @@ def evaluate(
     if model is None:
         model = load_for_eval(model_path, family, dtype, eval_cfg.base, **(processor_kwargs or {}))
         model[0].to(state.device)
-    scorer = Scorer(*model, method=eval_cfg.method, max_new_tokens=eval_cfg.max_new_tokens)
+    scorer = Scorer(*model, method=eval_cfg.method, max_new_tokens=eval_cfg.max_new_tokens, image=image)
     mine = [records[i] for i in _shard(len(records), state.num_processes, state.process_index)]
     rows = score_records(scorer, mine, eval_cfg.batch_size, eval_cfg.circular, pool, eval_cfg.shot_seed)
     if state.num_processes > 1:
         rows = gather_object(rows)  # rank order = manifest order
     doc = results_document(rows, records, eval_cfg, scorer, pool, model_path, test_manifest)
+    doc["image"] = scorer.image.describe()  # how images were converted (the image group)
     if state.is_main_process:
         _write(out_dir, rows, doc)
     state.wait_for_everyone()

@@ -39,6 +39,7 @@ from cgmed.data.choices import (
     parse_question_choice,
     same_label,
 )
+from cgmed.data.imaging import ImageConfig
 from cgmed.data.manifest import iter_jsonl_numbered
 from cgmed.data.record import rng_for
 from cgmed.errors import ConfigError, DataError
@@ -171,6 +172,21 @@ def rotations(record: dict[str, Any], circular: bool) -> list[tuple[str, list[st
 Shot = tuple[str, str, str]  # an in-context example: (question, answer, image)
 
 
+#: An image to show a model: a path, or (path, the record's modality) so that the image group's
+#: per-modality window applies in evaluation exactly as in training.
+ImageRef = str | tuple[str, str | None]
+
+
+def _with_modality(path: str, like: ImageRef) -> ImageRef:
+    """``path`` with the modality of ``like`` (an in-context example shown with its question)."""
+    return path if isinstance(like, str) else (path, like[1])
+
+
+def image_ref(record: dict[str, Any]) -> tuple[str, str | None]:
+    """The (path, modality) of a manifest record's image."""
+    return record["image"], record.get("modality")
+
+
 class ShotPool:
     """In-context examples by subset and label; :meth:`draw` picks ``per_label`` of each label."""
 
@@ -249,14 +265,21 @@ class Scorer:
     """Answers questions with a loaded model: ``option_scoring`` or ``generation``."""
 
     def __init__(
-        self, model: Any, processor: Any, adapter: BackboneAdapter, method: str, max_new_tokens: int = 16
+        self,
+        model: Any,
+        processor: Any,
+        adapter: BackboneAdapter,
+        method: str,
+        max_new_tokens: int = 16,
+        image: ImageConfig | None = None,
     ):
         self.model, self.processor, self.adapter = model, processor, adapter
         self.method = method
         self.max_new_tokens = max_new_tokens
+        self.image = image or ImageConfig()  # the same conversion as training (the image group)
         self.tok = processor.tokenizer
         self._letter_ids: dict[int, list[int]] = {}
-        self._collator = Collator(adapter, processor, max_length=1 << 30)
+        self._collator = Collator(adapter, processor, max_length=1 << 30, image=self.image)
         self._box_tokens: int | None = None
 
     def letter_ids(self, n: int) -> list[int]:
@@ -293,6 +316,11 @@ class Scorer:
             gen = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
         return self.tok.batch_decode(gen[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 
+    def _load(self, image: ImageRef) -> Any:
+        """An image as the model sees it; ``image`` is a path or (path, the record's modality)."""
+        path, modality = (image, None) if isinstance(image, str) else image
+        return load_image(path, image=self.image, modality=modality)
+
     def _inputs(
         self,
         questions: Sequence[str],
@@ -306,7 +334,8 @@ class Scorer:
         ]
         # one list of images per prompt, in placeholder order: the examples' then the question's
         per_prompt = [
-            [load_image(p) for _, _, p in ex] + [load_image(img)]
+            # examples come from the question's own subset (the pool of its target), so its modality
+            [self._load(_with_modality(p, img)) for _, _, p in ex] + [self._load(img)]
             for img, ex in zip(images, shots, strict=True)
         ]
         add = should_add_special_tokens(self.tok, prompts[0])
@@ -429,7 +458,7 @@ def _detection_rows(scorer: Scorer, records: Sequence[dict[str, Any]], batch_siz
     for start in range(0, len(det), batch_size):
         chunk = det[start : start + batch_size]
         texts = scorer.generate(
-            [(records[i]["question"], records[i]["image"]) for i in chunk], scorer.box_tokens()
+            [(records[i]["question"], image_ref(records[i])) for i in chunk], scorer.box_tokens()
         )
         for i, text in zip(chunk, texts, strict=True):
             rows[i] = detection_row(records[i], text)
@@ -451,7 +480,7 @@ def _answer_choices(
     for start in range(0, len(asks), batch_size):
         chunk = asks[start : start + batch_size]
         shots = [drawn[a.record] for a in chunk] if drawn is not None else None
-        replies = scorer.answer([(a.question, a.options, records[a.record]["image"]) for a in chunk], shots)
+        replies = scorer.answer([(a.question, a.options, image_ref(records[a.record])) for a in chunk], shots)
         for a, (pred, text) in zip(chunk, replies, strict=True):
             answered.setdefault(a.record, []).append(Answered(pred, text, a.answer))
     return answered

@@ -25,11 +25,13 @@ cut padding; ``padding_fraction`` measures it.
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from cgmed.data.imaging import ImageConfig, open_image
 from cgmed.errors import BadImageError, ConfigError, DataError
 from cgmed.models.registry import BackboneAdapter
 
@@ -62,24 +64,24 @@ def _record_id(record: Any, index: int | None = None) -> str:
     return f"#{index}" if index is not None else "<record without id>"
 
 
-def load_image(path: str, where: str = "record"):
-    """Open an image with PIL as RGB (grayscale, palette and RGBA medical images included).
+def load_image(
+    path: str, where: str = "record", image: ImageConfig | None = None, modality: str | None = None
+):
+    """The RGB image a model sees, through :func:`cgmed.data.imaging.open_image`.
 
-    Raises BadImageError naming ``where`` and the path when the file is missing, unreadable, not
-    an image, truncated, or larger than PIL's decompression-bomb limit.
+    8-bit images convert exactly as PIL's ``convert("RGB")``; DICOM, NIfTI and 16/32-bit images
+    are windowed or scaled per ``image`` (the ``image`` config group; defaults when None), using
+    ``modality`` (the record's) to pick a window. Raises BadImageError naming ``where`` and the
+    path when the file is missing, unreadable, not an image, truncated, or too large.
     """
-    from PIL import Image
-
+    if not os.path.isfile(path):
+        raise BadImageError(where, f"image {path!r} does not exist", "check the manifest's image paths")
     try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except (FileNotFoundError, IsADirectoryError):
+        return open_image(path, image or ImageConfig(), modality=modality)
+    except BadImageError as err:
+        reason = str(err).split("\n", 1)[0]
         raise BadImageError(
-            where, f"image {path!r} does not exist", "check the manifest's image paths"
-        ) from None
-    except (OSError, Image.DecompressionBombError) as err:
-        raise BadImageError(
-            where, f"image {path!r} cannot be read ({err})", "re-export or drop this image"
+            where, f"image {path!r} cannot be read ({reason})", "re-export or drop this image"
         ) from None
 
 
@@ -124,6 +126,7 @@ class Collator:
         processor: Any,
         max_length: int,
         on_overflow: OnOverflow = "drop",
+        image: ImageConfig | None = None,
     ):
         if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length <= 0:
             raise ConfigError(
@@ -141,6 +144,7 @@ class Collator:
         self.processor = processor
         self.max_length = max_length
         self.on_overflow = on_overflow
+        self.image = image or ImageConfig()
         self.dropped = 0
         tok = processor.tokenizer
         if not getattr(tok, "is_fast", False):
@@ -259,7 +263,8 @@ class Collator:
             if not isinstance(value, str) or not value:
                 raise DataError(where, f"field {key!r} is missing or empty", "rebuild the manifest")
         text, prompt_chars = self._conversation(question, answer, where)
-        return _Rendered(where, text, prompt_chars, load_image(image_path, where))
+        modality = _field(record, "modality")
+        return _Rendered(where, text, prompt_chars, load_image(image_path, where, self.image, modality))
 
     def _process(self, rendered: Sequence[_Rendered]) -> dict[str, Any]:
         """One processor call for ``rendered``: right-padded tensors with answer-only labels."""
