@@ -66,3 +66,30 @@ def drop_zero3_weight_conversions(model: Any) -> None:
     loader reads back. Without a record, ``save_pretrained`` uses the model's default mapping.
     """
     model._weight_conversions = None
+
+
+def rng_state_problem(checkpoint: Any, process_index: int) -> str | None:
+    """Why accelerate could not restore this process's RNG state from ``checkpoint``; None if it can.
+
+    accelerate 1.16: ``load_state`` catches every error while restoring the RNG states (a missing or
+    truncated ``random_states_<rank>.pkl``), logs "Could not load random states" at INFO level and
+    goes on with the process's current RNG state, so the resumed run silently differs from the
+    uninterrupted one. Reading the file the way accelerate does, beforehand, turns that into an error.
+    """
+    from pathlib import Path
+
+    from accelerate.utils import RNG_STATE_NAME
+    from accelerate.utils.other import load
+
+    path = Path(checkpoint) / f"{RNG_STATE_NAME}_{process_index}.pkl"
+    if not path.is_file():
+        return f"{path.name} (the random number state of process {process_index}) is missing"
+    try:
+        states = load(path)
+    except Exception as err:  # whatever the unpickler meets in a damaged file
+        first_sentence = str(err).split(". ")[0].rstrip(".")
+        return f"{path.name} cannot be read ({type(err).__name__}: {first_sentence})"
+    missing = [k for k in ("random_state", "numpy_random_seed", "torch_manual_seed") if k not in states]
+    if missing:
+        return f"{path.name} lacks {missing}"
+    return None

@@ -139,3 +139,26 @@ def test_the_zero3_loader_records_unused_weight_conversions():
     drop_zero3_weight_conversions(model)
     saved = revert_weight_conversion(model, dict(state_dict))
     assert not any(name.startswith("model.model.") for name in saved)
+
+
+def test_accelerate_goes_on_when_the_rng_state_cannot_be_restored(tmp_path):
+    """rng_state_problem: accelerate logs an INFO line for an unreadable RNG state and goes on."""
+    import torch
+    from accelerate import PartialState
+    from accelerate.checkpointing import load_accelerator_state, save_accelerator_state
+
+    from cgmed.compat import rng_state_problem
+
+    PartialState(cpu=True)  # accelerate's logging needs its state
+    save_accelerator_state(str(tmp_path), [], [], [], [], 0, 0)
+    assert rng_state_problem(tmp_path, 0) is None
+    rng_file = tmp_path / "random_states_0.pkl"
+    rng_file.write_bytes(rng_file.read_bytes()[:100])  # truncated
+    before = torch.get_rng_state()
+    load_accelerator_state(str(tmp_path), [], [], [], [], 0)  # no error: accelerate still swallows it
+    assert torch.equal(torch.get_rng_state(), before), "accelerate now restores or raises: the check can go"
+    assert "random_states_0.pkl cannot be read" in rng_state_problem(tmp_path, 0)
+    rng_file.unlink()
+    assert "random_states_0.pkl (the random number state of process 0) is missing" in rng_state_problem(
+        tmp_path, 0
+    )

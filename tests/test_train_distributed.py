@@ -207,6 +207,32 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(ddp_run, tin
     assert_weights_close(single / "final", ddp_run / "final", tiny)
 
 
+def test_global_batch_size_gives_one_and_two_processes_the_explicit_runs_batch(tiny, manifest, tmp_path):
+    """``train.global_batch_size=8`` derives grad_accum 2 for 1 process x 4 and for 2 processes x 2:
+    the same global batch, and the same losses, as ``train.grad_accum=2`` given explicitly."""
+    explicit, one, two = tmp_path / "explicit", tmp_path / "one", tmp_path / "two"
+    launch(SINGLE, tiny, manifest, explicit, "train.per_device_batch_size=4", "train.grad_accum=2")
+    launch(SINGLE, tiny, manifest, one, "train.per_device_batch_size=4", "train.global_batch_size=8")
+    launch(torchrun(2), tiny, manifest, two, "train.per_device_batch_size=2", "train.global_batch_size=8")
+    for out, per_device, world in ((one, 4, 1), (two, 2, 2)):
+        batch = {
+            "global_batch_size": 8,
+            "per_device_batch_size": per_device,
+            "grad_accum": 2,
+            "world_size": world,
+        }
+        resolved = json.loads((out / "resolved_config.json").read_text())
+        assert resolved["run"] == {**batch, "engine": "ddp"} and resolved["train"]["grad_accum"] == 2
+        assert {k: rows(out)[0][k] for k in batch} == batch
+        state = json.loads((out / "checkpoints" / f"step-{STEPS:06d}" / "trainer_state.json").read_text())
+        assert (state["global_batch"], state["grad_accum"], state["world_size"]) == (8, 2, world)
+        assert not (out / "cgmed.lock").exists()  # the ranks' one lock, released
+    assert column(one, "loss") == column(explicit, "loss")
+    assert column(two, "loss") == pytest.approx(column(explicit, "loss"), **LOSS_TOL)
+    assert column(two, "lr") == column(explicit, "lr")
+    assert_weights_close(two / "final", explicit / "final", tiny)
+
+
 # --------------------------------------------------------------------------- DeepSpeed
 
 

@@ -7,10 +7,12 @@ combination fails at start-up with the key and the fix.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from typing import Literal
 
 from cgmed.errors import ConfigError
+from cgmed.models.registry import PARTS
 
 
 @dataclass
@@ -71,7 +73,10 @@ class TrainConfig:
     stop_after_steps: int | None = None  # leave the loop after N steps of this run (time slices, tests)
     per_device_batch_size: int = 4
     grad_accum: int = 1
-    lr: float = 2e-5
+    # samples per optimizer step over all processes; grad_accum is then derived from the process
+    # count (global = per_device_batch_size x grad_accum x processes). null = that product as given
+    global_batch_size: int | None = None
+    lr: float = 2e-5  # lr 0 for a part (train.lr_vision=0 ...) freezes that part
     lr_vision: float | None = None  # null = train.lr
     lr_projector: float | None = None
     lr_language: float | None = None
@@ -97,6 +102,9 @@ class TrainConfig:
     save_every: int = 0  # steps between checkpoints; 0 = only at the end
     keep_last: int = 2
     resume: str | None = None  # null | auto | a checkpoint directory
+    # what a resumed run may change; only [max_steps] (the lr schedule is then recomputed for the
+    # new total from the resumed step on)
+    resume_allow_changes: list[str] = field(default_factory=list)
     log_every: int = 1
     tensorboard: bool = True
     wandb: bool = False
@@ -109,28 +117,130 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
-        positive = ("per_device_batch_size", "grad_accum", "max_length", "keep_last", "log_every")
-        for key in positive:
-            if getattr(self, key) < 1:
-                raise ConfigError(f"train.{key}", f"must be >= 1, got {getattr(self, key)}")
-        if self.max_steps == 0 or self.max_steps < -1:
-            raise ConfigError(
-                "train.max_steps", f"must be >= 1 or -1 (use train.epochs), got {self.max_steps}"
-            )
-        if self.max_steps == -1 and self.epochs <= 0:
-            raise ConfigError("train.epochs", "must be > 0 when train.max_steps=-1")
-        if self.lr <= 0:
-            raise ConfigError("train.lr", f"must be > 0, got {self.lr}")
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            raise ConfigError("train.warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
+        _check_sizes(self)
+        _check_optimizer(self)
         if self.save_every < 0:
             raise ConfigError("train.save_every", "must be >= 0 (0 = only at the end)")
-        if self.freeze_vision and self.freeze_projector and self.freeze_language:
+        unknown = sorted(set(self.resume_allow_changes) - set(RESUME_CHANGES))
+        if unknown:
             raise ConfigError(
-                "train.freeze_language",
-                "every part is frozen: nothing would train",
+                "train.resume_allow_changes",
+                f"{unknown} cannot change on resume",
+                f"list only {list(RESUME_CHANGES)} (a resumed run is otherwise the same run)",
+            )
+        if len(self.frozen_parts()) == len(PARTS):
+            key = "train.freeze_language" if self.freeze_language else "train.lr"
+            raise ConfigError(
+                key,
+                "every part is frozen (by a freeze switch or a learning rate of 0): nothing would train",
                 "unfreeze at least one part",
             )
+
+    def part_lr(self, part: str) -> float:
+        """The learning rate of ``part`` (vision, projector, language): its own, else ``train.lr``."""
+        own = getattr(self, f"lr_{part}")
+        return self.lr if own is None else own
+
+    def frozen_parts(self) -> set[str]:
+        """Parts that do not train: frozen by their switch, or given a learning rate of 0."""
+        return {p for p in PARTS if getattr(self, f"freeze_{p}") or self.part_lr(p) == 0}
+
+    def effective_batch(self, world: int) -> dict[str, int]:
+        """The batch of one optimizer step with ``world`` processes, as a run records it."""
+        return {
+            "global_batch_size": self.per_device_batch_size * self.grad_accum * world,
+            "per_device_batch_size": self.per_device_batch_size,
+            "grad_accum": self.grad_accum,
+            "world_size": world,
+        }
+
+
+RESUME_CHANGES = ("max_steps",)
+
+
+def _check_sizes(cfg: TrainConfig) -> None:
+    """Batch sizes, lengths, counts and the step budget."""
+    positive = ("per_device_batch_size", "grad_accum", "max_length", "keep_last", "log_every")
+    for key in positive:
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"train.{key}", f"must be >= 1, got {getattr(cfg, key)}")
+    if cfg.global_batch_size is not None and cfg.global_batch_size < 1:
+        raise ConfigError("train.global_batch_size", f"must be >= 1 or null, got {cfg.global_batch_size}")
+    for key in ("num_workers", "max_bad_images", "eval_every"):
+        if getattr(cfg, key) < 0:
+            raise ConfigError(f"train.{key}", f"must be >= 0, got {getattr(cfg, key)}")
+    if cfg.max_steps == 0 or cfg.max_steps < -1:
+        raise ConfigError("train.max_steps", f"must be >= 1 or -1 (use train.epochs), got {cfg.max_steps}")
+    if cfg.max_steps == -1 and cfg.epochs <= 0:
+        raise ConfigError("train.epochs", "must be > 0 when train.max_steps=-1")
+
+
+def _check_optimizer(cfg: TrainConfig) -> None:
+    """Learning rates, schedule, AdamW and clipping: values that the optimizer would take silently."""
+    for key in ("lr", "lr_vision", "lr_projector", "lr_language", "weight_decay"):
+        value = getattr(cfg, key)
+        if value is not None and value < 0:
+            raise ConfigError(
+                f"train.{key}",
+                f"must be >= 0, got {value}",
+                "use 0 to freeze a part, a positive value to train it",
+            )
+    for key in ("adam_beta1", "adam_beta2"):
+        if not 0.0 <= getattr(cfg, key) < 1.0:
+            raise ConfigError(
+                f"train.{key}",
+                f"must be in [0, 1), got {getattr(cfg, key)}",
+                "AdamW's default is 0.9 / 0.999",
+            )
+    if cfg.adam_eps <= 0:
+        raise ConfigError("train.adam_eps", f"must be > 0, got {cfg.adam_eps}")
+    if cfg.max_grad_norm is not None and cfg.max_grad_norm <= 0:
+        raise ConfigError(
+            "train.max_grad_norm",
+            f"must be > 0 or null, got {cfg.max_grad_norm} (a negative norm would flip the gradient's sign)",
+            "use a positive norm such as 1.0, or train.max_grad_norm=null to turn clipping off",
+        )
+    if not 0.0 <= cfg.warmup_ratio < 1.0:
+        raise ConfigError("train.warmup_ratio", f"must be in [0, 1), got {cfg.warmup_ratio}")
+    if cfg.warmup_steps is not None and cfg.warmup_steps < 0:
+        raise ConfigError("train.warmup_steps", f"must be >= 0 or null, got {cfg.warmup_steps}")
+    if not 0.0 <= cfg.min_lr_ratio <= 1.0:
+        raise ConfigError("train.min_lr_ratio", f"must be in [0, 1], got {cfg.min_lr_ratio}")
+
+
+def resolve_global_batch(cfg: TrainConfig, world: int) -> TrainConfig:
+    """``cfg`` with ``grad_accum`` derived from ``train.global_batch_size`` for ``world`` processes.
+
+    Unchanged when ``global_batch_size`` is null. A global batch that per-device batch x processes
+    does not divide is a ConfigError; so is an explicit ``grad_accum`` (other than 1) that disagrees.
+    """
+    wanted = cfg.global_batch_size
+    if wanted is None:
+        return cfg
+    per_micro_step = cfg.per_device_batch_size * world
+    accum, rest = divmod(wanted, per_micro_step)
+    if rest or accum < 1:
+        fits = [p for p in range(1, cfg.per_device_batch_size + 1) if wanted % (p * world) == 0]
+        fix = f"set train.global_batch_size to a multiple of {per_micro_step}" + (
+            f", or train.per_device_batch_size to one of {fits}"
+            if fits
+            else f"; no per-device batch splits {wanted} over {world} processes: start a process count that divides it"
+        )
+        raise ConfigError(
+            "train.global_batch_size",
+            f"{wanted} is not train.per_device_batch_size {cfg.per_device_batch_size} x {world} "
+            f"process(es) x a whole train.grad_accum (it is not a multiple of {per_micro_step})",
+            fix,
+        )
+    if cfg.grad_accum not in (1, accum):
+        raise ConfigError(
+            "train.grad_accum",
+            f"is {cfg.grad_accum}, but train.global_batch_size={wanted} with per_device_batch_size "
+            f"{cfg.per_device_batch_size} x {world} process(es) needs {accum}",
+            "leave train.grad_accum at 1 (it is derived from train.global_batch_size) or set "
+            "train.global_batch_size=null",
+        )
+    return dataclasses.replace(cfg, grad_accum=accum)
 
 
 @dataclass
@@ -150,4 +260,11 @@ class DistributedConfig:
 
 
 GROUPS = {"model": ModelConfig, "train": TrainConfig, "peft": PeftConfig, "distributed": DistributedConfig}
-__all__ = ["GROUPS", "DistributedConfig", "ModelConfig", "PeftConfig", "TrainConfig"]
+__all__ = [
+    "GROUPS",
+    "DistributedConfig",
+    "ModelConfig",
+    "PeftConfig",
+    "TrainConfig",
+    "resolve_global_batch",
+]

@@ -18,19 +18,24 @@ from typing import Any
 from cgmed.compat import adopt_deepspeed_config, deepspeed_process_state_on_cpu
 from cgmed.conf import DEEPSPEED_DIR
 from cgmed.errors import ConfigError
-from cgmed.train.config import DistributedConfig, TrainConfig
+from cgmed.train.config import DistributedConfig, TrainConfig, resolve_global_batch
 
 log = logging.getLogger(__name__)
 
 _PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 
 
-def _world_size() -> int:
+def world_size() -> int:
+    """Processes of this launch, as the launcher (torchrun, accelerate launch) announces them."""
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def fill_deepspeed_auto(cfg: dict[str, Any], train_cfg: TrainConfig, world: int) -> dict[str, Any]:
-    """Fill a DeepSpeed config's ``auto`` entries (batch, accumulation, clipping, precision) in place."""
+    """Fill a DeepSpeed config's ``auto`` entries (batch, accumulation, clipping, precision) in place.
+
+    With ``train.global_batch_size`` set, the accumulation is the one derived for ``world`` processes.
+    """
+    train_cfg = resolve_global_batch(train_cfg, world)
     fill = {
         "train_micro_batch_size_per_gpu": train_cfg.per_device_batch_size,
         "gradient_accumulation_steps": train_cfg.grad_accum,
@@ -79,7 +84,7 @@ def init_process_state(dist_cfg: DistributedConfig) -> Any:
     from accelerate import PartialState
 
     cpu = not torch.cuda.is_available()
-    world = _world_size()
+    world = world_size()
     if _uses_deepspeed(dist_cfg):
         os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
         if cpu:
@@ -103,7 +108,8 @@ def make_accelerator(dist_cfg: DistributedConfig, train_cfg: TrainConfig) -> Any
     from accelerate import Accelerator
 
     cpu = not torch.cuda.is_available()
-    world = _world_size()
+    world = world_size()
+    train_cfg = resolve_global_batch(train_cfg, world)
     kwargs = _base_kwargs(dist_cfg, train_cfg)
     use_deepspeed = _uses_deepspeed(dist_cfg)
     _check_distribution(dist_cfg, use_deepspeed, cpu, world)
@@ -125,6 +131,28 @@ def make_accelerator(dist_cfg: DistributedConfig, train_cfg: TrainConfig) -> Any
             "start with torchrun or accelerate launch and a supported distributed=... choice",
         )
     return accelerator
+
+
+def engine_name(accelerator: Any) -> str:
+    """The engine a run trains with: ``ddp`` (one process or DDP: the same maths and checkpoint
+    layout), ``deepspeed_zero<stage>`` or ``fsdp``."""
+    kind = accelerator.distributed_type.value
+    if kind == "DEEPSPEED":
+        return f"deepspeed_zero{accelerator.state.deepspeed_plugin.zero_stage}"
+    return "fsdp" if kind == "FSDP" else "ddp"
+
+
+def problems_of_all_ranks(accelerator: Any, problem: str | None) -> list[str]:
+    """Every rank's ``problem`` (None where it had none), gathered on every rank.
+
+    Lets all ranks take the same decision (fall back, stop) when only some met a problem, instead
+    of leaving the others waiting at the next collective.
+    """
+    if accelerator.num_processes == 1:
+        return [problem] if problem else []
+    from accelerate.utils import gather_object
+
+    return [p for p in gather_object([problem]) if p]
 
 
 def _check_distribution(dist_cfg: DistributedConfig, use_deepspeed: bool, cpu: bool, world: int) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 from cgmed.compat import forget_hf_deepspeed_config
 from cgmed.train import checkpoint as ckpt
 from cgmed.train.config import DistributedConfig, ModelConfig, PeftConfig, TrainConfig
+from cgmed.train.files import atomic_write_text
 from cgmed.train.metrics import MetricsLogger
 from cgmed.train.run import TrainingError, TrainingRun, setup_run
 from cgmed.train.step import step_metrics, train_step
@@ -54,15 +55,19 @@ def train(
     ``eval_manifests`` (name -> test manifest) are scored every ``train.eval_every`` steps.
     """
     run = setup_run(model_cfg, train_cfg, peft_cfg, dist_cfg, train_manifest, output_dir)
-    metrics = open_metrics(run, resolved_config)
-    progress = progress_bar(run)
     try:
-        step, last_loss, stopped = run_steps(run, metrics, progress, eval_manifests)
+        metrics = open_metrics(run, resolved_config)
+        progress = progress_bar(run)
+        try:
+            step, last_loss, stopped = run_steps(run, metrics, progress, eval_manifests)
+        finally:
+            if progress is not None:
+                progress.close()
+            metrics.close()
+        final_dir = finish(run, step, stopped)
     finally:
-        if progress is not None:
-            progress.close()
-        metrics.close()
-    final_dir = finish(run, step, stopped)
+        if run.lock is not None:
+            run.lock.release()
     return TrainResult(output_dir, final_dir, step, last_loss, stopped)
 
 
@@ -87,7 +92,10 @@ def run_steps(
         bad_images += result.bad_images
         too_long += result.too_long
         if step % cfg.log_every == 0 or step == run.total_steps:
-            metrics.log(step, step_metrics(run, step, result, bad_images, too_long))
+            row = step_metrics(run, step, result, bad_images, too_long)
+            if not metrics.rows_written:  # the first row of each start names the batch it trains with
+                row.update(run.batch_record)
+            metrics.log(step, row)
         if progress is not None:
             progress.update(1)
             progress.set_postfix(loss=f"{last_loss:.4f}")
@@ -106,7 +114,13 @@ def save_checkpoint(run: TrainingRun, step: int) -> Path:
     """Checkpoint ``step`` of the run (atomic; the last ``train.keep_last`` are kept)."""
     cfg = run.train_cfg
     return ckpt.save_checkpoint(
-        run.accelerator, run.output_dir, step, run.trainer_state(step), cfg.keep_last, run.save_kwargs
+        run.accelerator,
+        run.output_dir,
+        step,
+        run.trainer_state(step),
+        cfg.keep_last,
+        run.save_kwargs,
+        model=run.model,
     )
 
 
@@ -119,7 +133,9 @@ def finish(run: TrainingRun, step: int, stopped: bool) -> Path | None:
         save_checkpoint(run, step)
     final_dir = None
     if step == run.total_steps:
-        final_dir = ckpt.save_final(run.accelerator, run.model, run.processor, run.output_dir / "final")
+        final_dir = ckpt.save_final(
+            run.accelerator, run.model, run.processor, run.output_dir / ckpt.FINAL, run.trainer_state(step)
+        )
     run.accelerator.wait_for_everyone()
     if run.deepspeed:
         forget_hf_deepspeed_config()
@@ -142,8 +158,12 @@ def open_metrics(run: TrainingRun, resolved_config: dict[str, Any] | None) -> Me
         resume_step=run.start_step if run.resumed_from is not None else None,
     )
     if run.is_main and resolved_config is not None:
-        (run.output_dir / "resolved_config.json").write_text(
-            json.dumps(resolved_config, indent=1, default=str) + "\n"
+        # what this launch resolved: grad_accum derived from train.global_batch_size, the process count
+        recorded = {**resolved_config, "run": run.batch_record}
+        if isinstance(recorded.get("train"), dict):
+            recorded["train"] = {**recorded["train"], "grad_accum": cfg.grad_accum}
+        atomic_write_text(
+            run.output_dir / "resolved_config.json", json.dumps(recorded, indent=1, default=str) + "\n"
         )
     return metrics
 

@@ -1,11 +1,21 @@
-"""Per-step metrics to ``metrics.jsonl``, TensorBoard and (optionally) Weights & Biases."""
+"""Per-step metrics to ``metrics.jsonl``, TensorBoard and (optionally) Weights & Biases.
+
+The first row a process writes also holds the run's effective batch (global, per device,
+accumulation, processes) and engine; a resumed run keeps the rows up to its checkpoint.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any
+
+from cgmed.errors import DataError
+from cgmed.train.files import atomic_write_text
+
+log = logging.getLogger(__name__)
 
 
 class MetricsLogger:
@@ -23,20 +33,17 @@ class MetricsLogger:
         resume_step: int | None = None,
     ):
         self.enabled = enabled
+        self.rows_written = 0  # by this process, since it opened the file
         self._tb = self._wandb = None
         self._fh = None
         if not enabled:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
         path = run_dir / "metrics.jsonl"
-        kept = []
-        if resume_step is not None and path.exists():
-            # rows logged after the checkpoint we resume from are replayed; drop them
-            kept = [
-                ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= resume_step
-            ]
-        self._fh = open(path, "w", encoding="utf-8")  # noqa: SIM115 - open for the whole run
-        self._fh.writelines(ln + "\n" for ln in kept)
+        kept = rows_up_to(path, resume_step) if resume_step is not None and path.exists() else []
+        # the kept rows replace the file in one rename: a kill here loses none of them
+        atomic_write_text(path, "".join(ln + "\n" for ln in kept))
+        self._fh = open(path, "a", encoding="utf-8")  # noqa: SIM115 - open for the whole run
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -57,6 +64,7 @@ class MetricsLogger:
         row = {"step": step, **{k: _clean(v) for k, v in values.items()}}
         self._fh.write(json.dumps(row) + "\n")
         self._fh.flush()
+        self.rows_written += 1
         if self._tb is not None:
             for k, v in row.items():
                 if k != "step" and isinstance(v, (int, float)):
@@ -71,6 +79,34 @@ class MetricsLogger:
             self._tb.close()
         if self._wandb is not None:
             self._wandb.finish()
+
+
+def rows_up_to(path: Path, step: int) -> list[str]:
+    """The lines of ``metrics.jsonl`` up to ``step`` (the rows a resumed run keeps).
+
+    A torn last line (the process was killed while writing it) is dropped and reported; an
+    unreadable line before the last is a DataError naming it.
+    """
+    lines = path.read_text(encoding="utf-8").splitlines()
+    kept = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            if number == len(lines):
+                log.warning(
+                    "%s: dropped a torn last line (%d bytes), written by an interrupted run", path, len(line)
+                )
+                continue
+            raise DataError(
+                f"{path}:{number}", f"unreadable metrics row ({err.msg})", "delete the line or the file"
+            ) from None
+        if row.get("step", 0) <= step:
+            # rows logged after the checkpoint we resume from are replayed; drop them
+            kept.append(line)
+    return kept
 
 
 def _clean(v: Any) -> Any:

@@ -1,10 +1,11 @@
 """The set-up piece of a training run: from configs to a :class:`TrainingRun` ready to step.
 
-:func:`setup_run` checks what can be wrong before the model loads, then builds the accelerator,
-model, optimizer, schedule and this rank's batches, and restores a checkpoint when resuming.
-Its order is part of the result: the seeded draws (LoRA initialisation, the batch order) happen
-in the same order in a fresh and in a resumed run, and ``load_state`` then restores every rank's
-RNG, so a resumed run equals an uninterrupted one.
+:func:`setup_run` checks what can be wrong before the model loads (configs, the global batch for
+this launch's process count, the run directory's lock, the checkpoint to resume and whether it
+belongs to this run), then builds the accelerator, model, optimizer, schedule and this rank's
+batches, and restores the checkpoint. Its order is part of the result: the seeded draws (LoRA
+initialisation, the batch order) happen in the same order in a fresh and in a resumed run, and
+``load_state`` then restores every rank's RNG, so a resumed run equals an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -18,16 +19,19 @@ from cgmed.errors import CgmedError, ConfigError
 from cgmed.models.collate import Collator
 from cgmed.models.registry import BackboneAdapter
 from cgmed.train import checkpoint as ckpt
-from cgmed.train.config import DistributedConfig, ModelConfig, PeftConfig, TrainConfig
+from cgmed.train.config import DistributedConfig, ModelConfig, PeftConfig, TrainConfig, resolve_global_batch
 from cgmed.train.data import (
     BatchPlan,
     ManifestDataset,
     RankBatchSampler,
     SkippingCollate,
+    manifest_sha256,
     steps_for,
     text_lengths,
 )
-from cgmed.train.distributed import make_accelerator
+from cgmed.train.distributed import engine_name, make_accelerator, problems_of_all_ranks, world_size
+from cgmed.train.lock import RunLock, acquire_on_main
+from cgmed.train.resume import check_same_run, reschedule, run_identity, unusable, usable_checkpoints
 from cgmed.train.setup import apply_training_mode, load_model, optimizer_and_scheduler, resolve_adapter
 
 log = logging.getLogger(__name__)
@@ -41,7 +45,7 @@ class TrainingError(CgmedError):
 class TrainingRun:
     """Everything a set-up run holds; the step, save and loop pieces read it."""
 
-    train_cfg: TrainConfig
+    train_cfg: TrainConfig  # grad_accum as derived from train.global_batch_size for this launch
     output_dir: Path
     accelerator: Any
     model: Any  # as prepared by accelerate (DDP module, DeepSpeed engine, ...)
@@ -53,9 +57,11 @@ class TrainingRun:
     total_steps: int
     lora: bool
     deepspeed: bool
+    identity: dict[str, Any]  # what a checkpoint must share to be resumed (see cgmed.train.resume)
     start_step: int = 0
     resumed_from: Path | None = None
     batches: Any = None  # DataLoader of this rank's micro-batches from start_step on
+    lock: RunLock | None = None  # the run directory's lock, held by the main process
 
     @property
     def world(self) -> int:
@@ -71,6 +77,11 @@ class TrainingRun:
         return self.plan.global_batch * self.train_cfg.grad_accum
 
     @property
+    def batch_record(self) -> dict[str, Any]:
+        """The effective batch and engine, as the run records them (resolved config, metrics)."""
+        return {**self.train_cfg.effective_batch(self.world), "engine": self.identity["engine"]}
+
+    @property
     def save_kwargs(self) -> dict[str, Any]:
         # a LoRA checkpoint under DeepSpeed holds the adapter only, not the frozen base weights
         return {"exclude_frozen_parameters": True} if (self.deepspeed and self.lora) else {}
@@ -81,16 +92,27 @@ class TrainingRun:
 
     def trainer_state(self, step: int) -> dict[str, Any]:
         """The ``trainer_state.json`` of a checkpoint at optimizer step ``step``."""
-        micro = step * self.train_cfg.grad_accum
+        cfg = self.train_cfg
+        micro = step * cfg.grad_accum
         return {
             "step": step,
             "micro_batches": micro,
             "epoch": micro / max(1, self.plan.micro_batches_per_epoch()),
-            "global_batch": self.global_batch,
+            **self.identity,
+            "max_steps": cfg.max_steps,
+            "per_device_batch_size": cfg.per_device_batch_size,
+            "grad_accum": cfg.grad_accum,
             "world_size": self.world,
-            "total_steps": self.total_steps,
-            "seed": self.train_cfg.seed,
         }
+
+
+@dataclass
+class RunStart:
+    """Where a run starts: its step count, its identity and the checkpoints it may resume from."""
+
+    total_steps: int
+    identity: dict[str, Any]
+    checkpoints: list[Path]  # loadable ones, newest first; empty for a fresh start
 
 
 def setup_run(
@@ -101,18 +123,69 @@ def setup_run(
     train_manifest: str | None,
     output_dir: Path,
 ) -> TrainingRun:
-    """Build (and, with ``train.resume``, restore) everything a run needs; see the module docstring."""
+    """Build (and, with ``train.resume``, restore) everything a run needs; see the module docstring.
+
+    The returned run holds the run directory's lock; :func:`cgmed.train.loop.train` releases it.
+    """
+    if not train_manifest:
+        raise ConfigError("data.train_manifest", "is required", "data.train_manifest=runs/NAME/train.jsonl")
+    adapter = resolve_adapter(model_cfg)
+    dataset = ManifestDataset(train_manifest)
+    train_cfg = resolve_global_batch(train_cfg, world_size())
+    accelerator = make_accelerator(dist_cfg, train_cfg)
+    lock = acquire_on_main(output_dir, "cgmed-train", accelerator)
+    try:
+        start = plan_start(accelerator, train_cfg, dataset, output_dir)
+        run = build_run(model_cfg, train_cfg, peft_cfg, adapter, accelerator, dataset, output_dir, start)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    run.lock = lock
+    return run
+
+
+def plan_start(
+    accelerator: Any, train_cfg: TrainConfig, dataset: ManifestDataset, output_dir: Path
+) -> RunStart:
+    """Clean what an interrupted run left, count the steps, and pick the checkpoint to resume
+    (loadable on every rank, and written by this same run)."""
+    if accelerator.is_main_process:
+        for leftover in ckpt.remove_leftovers(output_dir):
+            log.warning("removed %s, left by an interrupted run", leftover)
+    accelerator.wait_for_everyone()
+    global_micro = train_cfg.per_device_batch_size * accelerator.num_processes
+    total_steps = steps_for(
+        len(dataset), global_micro, train_cfg.grad_accum, train_cfg.max_steps, train_cfg.epochs
+    )
+    identity = run_identity(
+        train_cfg,
+        total_steps,
+        manifest_sha256(dataset.path),
+        global_micro * train_cfg.grad_accum,
+        engine_name(accelerator),
+    )
+    checkpoints = usable_checkpoints(accelerator, ckpt.resume_candidates(train_cfg.resume, output_dir))
+    if checkpoints:
+        check_same_run(checkpoints[0], ckpt.read_state(checkpoints[0]), identity, train_cfg)
+    return RunStart(total_steps, identity, checkpoints)
+
+
+def build_run(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    peft_cfg: PeftConfig,
+    adapter: BackboneAdapter,
+    accelerator: Any,
+    dataset: ManifestDataset,
+    output_dir: Path,
+    start: RunStart,
+) -> TrainingRun:
+    """Seed, load the model, set its training mode, plan the batches, build the optimizer and
+    schedule, prepare them with accelerate, and restore ``start``'s checkpoint."""
     import torch
     from accelerate.utils import set_seed
 
-    if not train_manifest:
-        raise ConfigError("data.train_manifest", "is required", "data.train_manifest=runs/NAME/train.jsonl")
-    # everything that can be wrong is checked before the model loads
-    adapter = resolve_adapter(model_cfg)
-    resume_from = ckpt.resolve_resume(train_cfg.resume, output_dir)
-    dataset = ManifestDataset(train_manifest)
-
-    accelerator = make_accelerator(dist_cfg, train_cfg)
     set_seed(train_cfg.seed)
     if train_cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -122,8 +195,7 @@ def setup_run(
     lengths = text_lengths(dataset, collator) if train_cfg.group_by_length else None
     global_micro_batch = train_cfg.per_device_batch_size * accelerator.num_processes
     plan = BatchPlan(lengths, len(dataset), global_micro_batch, train_cfg.seed)
-    total_steps = steps_for(plan, train_cfg.grad_accum, train_cfg.max_steps, train_cfg.epochs)
-    optimizer, scheduler = optimizer_and_scheduler(model, adapter, train_cfg, total_steps)
+    optimizer, scheduler = optimizer_and_scheduler(model, adapter, train_cfg, start.total_steps)
     lora = peft_cfg.method != "full"
     if lora:
         ckpt.register_lora_hooks(accelerator)
@@ -138,29 +210,69 @@ def setup_run(
         optimizer=optimizer,
         scheduler=scheduler,
         plan=plan,
-        total_steps=total_steps,
+        total_steps=start.total_steps,
         lora=lora,
         deepspeed=accelerator.distributed_type.value == "DEEPSPEED",
+        identity=start.identity,
     )
-    if resume_from is not None:
-        restore(run, resume_from)
+    if start.checkpoints:
+        restore(run, start.checkpoints)
     run.batches = batch_loader(run, dataset, collator)
+    if run.is_main:
+        batch = run.batch_record
+        log.info(
+            "global batch %d = per-device %d x grad_accum %d x %d process(es), engine %s, %d steps",
+            *(batch[k] for k in ("global_batch_size", "per_device_batch_size", "grad_accum", "world_size")),
+            batch["engine"],
+            run.total_steps,
+        )
     return run
 
 
-def restore(run: TrainingRun, checkpoint: Path) -> None:
-    """Load ``checkpoint`` (weights, optimizer, schedule, every rank's RNG) and move to its step."""
-    state = ckpt.read_state(checkpoint)
-    if state["global_batch"] != run.global_batch:
-        raise TrainingError(
-            f"{checkpoint} was trained with a global batch of {state['global_batch']}, this run has "
-            f"{run.global_batch}; resume with the same batch size x processes"
-        )
-    run.accelerator.load_state(str(checkpoint), **run.load_kwargs)
-    run.start_step = int(state["step"])
-    run.resumed_from = checkpoint
+def restore(run: TrainingRun, checkpoints: list[Path]) -> None:
+    """Load the newest of ``checkpoints`` that loads on every rank (weights, optimizer, schedule,
+    every rank's RNG) and move to its step; a failed one is reported and the next older tried."""
+    failures = []
+    for i, checkpoint in enumerate(checkpoints):
+        state = ckpt.read_state(checkpoint)
+        if i:  # the newest was checked before the model loaded
+            check_same_run(checkpoint, state, run.identity, run.train_cfg)
+        error = None
+        try:
+            run.accelerator.load_state(str(checkpoint), **run.load_kwargs)
+        except Exception as err:  # every rank must learn of it, or the others go on alone
+            error = f"{type(err).__name__}: {err}"
+        problems = problems_of_all_ranks(run.accelerator, error)
+        if problems:
+            failures.append(f"{checkpoint.name}: {problems[0]}")
+            if run.is_main:
+                log.warning(
+                    "checkpoint %s failed to load (%s); trying the previous one", checkpoint, problems[0]
+                )
+            continue
+        run.start_step = int(state["step"])
+        run.resumed_from = checkpoint
+        if run.is_main:
+            log.info("resumed from %s at step %d", checkpoint, run.start_step)
+        if state.get("total_steps", run.total_steps) != run.total_steps:
+            _follow_new_total(run, int(state["total_steps"]))
+        return
+    raise unusable(checkpoints[0].parent, failures)
+
+
+def _follow_new_total(run: TrainingRun, old_total: int) -> None:
+    """A resumed run whose total steps changed (train.resume_allow_changes=[max_steps])."""
+    lr = reschedule(run.scheduler)
     if run.is_main:
-        log.info("resumed from %s at step %d", checkpoint, run.start_step)
+        log.warning(
+            "train.max_steps changed: %d -> %d steps (allowed by train.resume_allow_changes). The lr "
+            "schedule is recomputed for %d steps and followed from step %d on: lr %.6g now",
+            old_total,
+            run.total_steps,
+            run.total_steps,
+            run.start_step,
+            lr,
+        )
 
 
 def batch_loader(run: TrainingRun, dataset: ManifestDataset, collator: Collator) -> Any:

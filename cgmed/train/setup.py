@@ -116,11 +116,11 @@ def apply_training_mode(
 ) -> Any:
     """Freeze switches, LoRA/QLoRA wrapping and gradient checkpointing; returns the model to train."""
     groups = adapter.split_parameters(model)
-    frozen = {
-        "vision": train_cfg.freeze_vision,
-        "projector": train_cfg.freeze_projector,
-        "language": train_cfg.freeze_language,
-    }
+    # a part with learning rate 0 is frozen: it keeps its weights and costs no gradient memory
+    frozen = {part: part in train_cfg.frozen_parts() for part in PARTS}
+    by_lr = sorted(p for p in PARTS if frozen[p] and not getattr(train_cfg, f"freeze_{p}"))
+    if by_lr:
+        log.info("frozen by a learning rate of 0: %s", ", ".join(by_lr))
     if peft_cfg.method == "full":
         for part in PARTS:
             for _, p in groups[part]:
@@ -169,11 +169,7 @@ def _part(adapter: BackboneAdapter, name: str) -> str:
 
 def param_groups(model: Any, adapter: BackboneAdapter, train_cfg: TrainConfig) -> list[dict[str, Any]]:
     """Optimizer groups with separate learning rates for vision tower, projector and language model."""
-    lrs = {
-        "vision": train_cfg.lr_vision or train_cfg.lr,
-        "projector": train_cfg.lr_projector or train_cfg.lr,
-        "language": train_cfg.lr_language or train_cfg.lr,
-    }
+    lrs = {part: train_cfg.part_lr(part) for part in PARTS}
     buckets: dict[tuple[str, bool], list[Any]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
