@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cgmed.conf import CONF_DIR
+from cgmed.conf import CONF_DIR, DEEPSPEED_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH = REPO / "launch"
@@ -405,7 +405,7 @@ def tiny_setup(tmp_path_factory) -> dict[str, Path]:
         SynthConfig(images_per_subset=24, image_size=56),
         root / "split",
     )
-    cfg = json.loads((LAUNCH / "deepspeed" / "zero3.json").read_text())
+    cfg = json.loads((DEEPSPEED_DIR / "zero3.json").read_text())
     zero = cfg["zero_optimization"]
     for key in [k for k in zero if k.endswith("bucket_size")]:
         zero[key] = 5_000_000
