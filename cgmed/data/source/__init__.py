@@ -1,4 +1,4 @@
-"""Data sources: a Med-MAT-shaped release or a user's conversation JSON/JSONL files.
+"""Data sources: a Med-MAT-shaped release, a user's conversation JSON/JSONL files, or Hugging Face datasets.
 
 A source knows which MAT subsets it holds and builds, per subset, a compact *index*
 (file, byte offset, label id, split per record) in one streaming pass with every record
@@ -7,7 +7,7 @@ holds decoded images or whole files, so the full 2.36M-record release fits in li
 
 What lives where:
 
-- ``config``: :class:`DataConfig`, the ``data`` config group.
+- ``config``: :class:`DataConfig`, the ``data`` config group (with ``data.hf``, :class:`HfConfig`).
 - ``bad``: :class:`BadSample` (one rejected record) and :class:`BadSamples` (their summary, with
   the notes: findings that reject nothing).
 - ``index``: :class:`SubsetIndex` with its files' size and modification time, the 9:1 hash
@@ -18,6 +18,9 @@ What lives where:
 - ``base``: :class:`Source`, the interface of every reader.
 - ``medmat_records`` / ``medmat``: Med-MAT release records and :class:`MedMatSource`.
 - ``conversation_records`` / ``conversation``: conversation records and :class:`ConversationSource`.
+- ``hf_open`` / ``hf_values`` / ``hf``: opening a Hugging Face dataset, reading its row values and
+  image bytes (into a content-addressed cache), and :class:`HfSource`; rows are indexed by split and
+  row number instead of file and offset.
 - ``derived``: :class:`DerivedSource`, the subsets of ``data.derived`` on top of another source.
 
 :func:`open_source` picks the reader for ``data.format``.
@@ -29,9 +32,10 @@ from pathlib import Path
 
 from cgmed.data.source.bad import BadSample, BadSamples
 from cgmed.data.source.base import Source
-from cgmed.data.source.config import DataConfig
+from cgmed.data.source.config import DataConfig, HfConfig, HfDataset, MatElements
 from cgmed.data.source.conversation import ConversationSource
 from cgmed.data.source.derived import DerivedSource
+from cgmed.data.source.hf import HfSource
 from cgmed.data.source.index import SubsetIndex, in_hashed_test_split
 from cgmed.data.source.medmat import MedMatSource
 
@@ -41,6 +45,10 @@ __all__ = [
     "ConversationSource",
     "DataConfig",
     "DerivedSource",
+    "HfConfig",
+    "HfDataset",
+    "HfSource",
+    "MatElements",
     "MedMatSource",
     "Source",
     "SubsetIndex",
@@ -51,7 +59,8 @@ __all__ = [
 
 def open_source(cfg: DataConfig, root: str | Path) -> Source:
     """The reader for ``data.format`` (with the subsets of ``data.derived`` on top)."""
-    base: Source = MedMatSource(cfg, root) if cfg.format == "medmat" else ConversationSource(cfg, root)
+    readers = {"medmat": MedMatSource, "conversation": ConversationSource, "hf": HfSource}
+    base: Source = readers[cfg.format](cfg, root)
     if not cfg.derived:
         return base
     return DerivedSource(base, cfg.derived, cfg.keep_derived_sources)

@@ -137,10 +137,20 @@ class DerivedSource(Source):
         return out
 
     def load(self, index: SubsetIndex, positions: list[int]) -> Iterator[tuple[int, Sample]]:
-        spec = self.specs.get(index.info.id)
         for pos, sample in self.base.load(index, positions):
-            if spec is not None and spec.labels and sample.options:
-                # the parent's options name labels this subset does not have: rebuild the question
-                # from the derived subset's own labels (cgmed.data.build.write_question)
-                sample.options, sample.answer = [], ""
-            yield pos, sample
+            yield pos, self._own_question(index, sample)
+
+    def load_checked(
+        self, index: SubsetIndex, positions: list[int], bad: BadSamples
+    ) -> Iterator[tuple[int, Sample]]:
+        # the base checks its own samples (a reader may keep its images outside the data root)
+        for pos, sample in self.base.load_checked(index, positions, bad):
+            yield pos, self._own_question(index, sample)
+
+    def _own_question(self, index: SubsetIndex, sample: Sample) -> Sample:
+        spec = self.specs.get(index.info.id)
+        if spec is not None and spec.labels and sample.options:
+            # the parent's options name labels this subset does not have: rebuild the question
+            # from the derived subset's own labels (cgmed.data.build.write_question)
+            sample.options, sample.answer = [], ""
+        return sample
