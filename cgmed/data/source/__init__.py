@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cgmed.data.imaging import ImageConfig
 from cgmed.data.source.bad import BadSample, BadSamples
 from cgmed.data.source.base import Source
 from cgmed.data.source.config import DataConfig, HfConfig, HfDataset, MatElements
@@ -57,10 +58,14 @@ __all__ = [
 ]
 
 
-def open_source(cfg: DataConfig, root: str | Path) -> Source:
-    """The reader for ``data.format`` (with the subsets of ``data.derived`` on top)."""
+def open_source(cfg: DataConfig, root: str | Path, image: ImageConfig | None = None) -> Source:
+    """The reader for ``data.format`` (with the subsets of ``data.derived`` on top); its image
+    checks convert images as ``image`` (the ``image`` group) says, as training will."""
     readers = {"medmat": MedMatSource, "conversation": ConversationSource, "hf": HfSource}
     base: Source = readers[cfg.format](cfg, root)
+    base.image_cfg = image
     if not cfg.derived:
         return base
-    return DerivedSource(base, cfg.derived, cfg.keep_derived_sources)
+    derived = DerivedSource(base, cfg.derived, cfg.keep_derived_sources)
+    derived.image_cfg = image
+    return derived

@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from cgmed.data.imaging import ImageConfig
 from cgmed.data.record import Sample
 from cgmed.data.source.bad import BadSample, BadSamples
 from cgmed.data.source.config import DataConfig
@@ -22,6 +23,8 @@ class Source(abc.ABC):
     root: Path
     cfg: DataConfig
     vocab: Vocabulary
+    # how images are converted (the ``image`` group), set by open_source; None = its defaults
+    image_cfg: ImageConfig | None = None
 
     @abc.abstractmethod
     def subsets(self) -> dict[str, SubsetInfo]:
@@ -52,7 +55,7 @@ class Source(abc.ABC):
             try:
                 check_inside_root(Path(sample.image), real_roots)
                 if self.cfg.verify_images:
-                    check_image(Path(sample.image))
+                    check_image(Path(sample.image), self.image_cfg, sample.modality)
             except BadSample as err:
                 bad.add(f"subset {index.info.id}, record {sample.id}", err)
                 continue

@@ -230,7 +230,7 @@ class HfSource(Source):
                     data, suffix = image_bytes(image, opened.base_dir, entry.image_column)
                     cached = cache_image(data, suffix, self.image_cache)
                     if verify:
-                        check_image(cached)
+                        check_image(cached, self.image_cfg)
                 except BadSample as err:
                     yield pos, where, None, err
                     continue

@@ -13,9 +13,9 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from PIL import Image
-
+from cgmed.data.imaging import ImageConfig, verify_image
 from cgmed.data.source.bad import BadSample
+from cgmed.errors import BadImageError
 
 
 def safe_relpath(path: str) -> str:
@@ -48,19 +48,18 @@ def check_inside_root(image: Path, real_roots: Sequence[Path]) -> None:
         )
 
 
-def check_image(path: Path) -> None:
-    """The image exists, is a file and decodes completely (a truncated file fails here); else BadSample.
+def check_image(path: Path, image: ImageConfig | None = None, modality: str | None = None) -> None:
+    """The image exists and converts completely, as training will convert it; else BadSample.
 
-    ``verify()`` checks what a format can check without decoding (a PNG's checksums); ``load()``
-    then decodes every pixel, which is what catches a JPEG cut short. Any error PIL raises,
-    its DecompressionBombError for oversized images included, counts as an unreadable image.
+    The conversion is :func:`cgmed.data.imaging.verify_image` with the ``image`` group's settings
+    (DICOM, NIfTI, 16-bit and ordinary images alike): it decodes every pixel, which catches a JPEG
+    cut short, and runs the format's own integrity check (a PNG's checksums). Any error, PIL's
+    DecompressionBombError for oversized images included, counts as an unreadable image.
     """
     if not path.is_file():
         raise BadSample("missing image", f"image file not found: {path}")
     try:
-        with Image.open(path) as image:
-            image.verify()
-        with Image.open(path) as image:
-            image.load()
-    except Exception as err:  # PIL raises many types for broken files
-        raise BadSample("unreadable image", f"cannot decode image {path}: {err}") from None
+        verify_image(path, image, modality)
+    except BadImageError as err:
+        reason = str(err).split("\n", 1)[0]
+        raise BadSample("unreadable image", f"cannot decode image {reason}") from None
