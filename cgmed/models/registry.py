@@ -30,6 +30,8 @@ from cgmed.errors import ConfigError
 Part = Literal["vision", "projector", "language"]
 PARTS: tuple[Part, ...] = ("vision", "projector", "language")
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
+# attention kernels every family's from_pretrained takes (model.attn_implementation)
+ATTN_IMPLEMENTATIONS = ("sdpa", "flash_attention_2", "eager")
 
 
 @dataclass(frozen=True)
@@ -198,6 +200,8 @@ class BackboneAdapter:
         dtype: Any = "auto",
         trust_remote_code: bool = False,
         model_kwargs: dict[str, Any] | None = None,
+        attn_implementation: str = "sdpa",
+        use_liger: bool = False,
         **processor_kwargs: Any,
     ) -> tuple[Any, Any]:
         """Load ``(model, processor)`` with ``AutoModelForImageTextToText`` / ``AutoProcessor``.
@@ -205,13 +209,16 @@ class BackboneAdapter:
         ``dtype`` is a torch dtype or one of ``auto``, ``float32``, ``bfloat16``, ``float16``.
         ``processor_kwargs`` go to ``AutoProcessor.from_pretrained`` (for the Qwen family,
         ``min_pixels`` / ``max_pixels`` bound each image's visual tokens). Raises ConfigError
-        when the checkpoint belongs to another family. ``model_kwargs`` go to the model's
-        ``from_pretrained`` (``quantization_config`` for QLoRA, ``attn_implementation`` ...).
+        when the checkpoint belongs to another family. ``attn_implementation`` (one of
+        :data:`ATTN_IMPLEMENTATIONS`) and ``model_kwargs`` (``quantization_config`` for QLoRA
+        ...) go to the model's ``from_pretrained``; ``use_liger`` patches the loaded model with
+        Liger kernels (:func:`apply_liger`).
         """
         from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
         ref = str(path_or_hub_id)
         kwargs = self.processor_kwargs(**processor_kwargs)
+        check_attn_implementation(attn_implementation)
         config = AutoConfig.from_pretrained(ref, trust_remote_code=trust_remote_code)
         if config.model_type not in self.model_types:
             raise ConfigError(
@@ -224,10 +231,60 @@ class BackboneAdapter:
             config=config,
             dtype=_torch_dtype(dtype),
             trust_remote_code=trust_remote_code,
+            attn_implementation=attn_implementation,
             **(model_kwargs or {}),
         )
+        if use_liger:
+            apply_liger(model, self.family)
         processor = AutoProcessor.from_pretrained(ref, trust_remote_code=trust_remote_code, **kwargs)
         return model, processor
+
+
+def check_attn_implementation(name: str) -> None:
+    """ConfigError unless ``name`` is a known attention kernel whose package is installed."""
+    import importlib.util
+
+    if name not in ATTN_IMPLEMENTATIONS:
+        raise ConfigError(
+            "model.attn_implementation",
+            f"{name!r} is not one of {list(ATTN_IMPLEMENTATIONS)}",
+            "use sdpa (the default), flash_attention_2 or eager",
+        )
+    if name == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        raise ConfigError(
+            "model.attn_implementation",
+            "flash_attention_2 needs the flash-attn package, which is not installed",
+            "pip install flash-attn --no-build-isolation (CUDA only), or use model.attn_implementation=sdpa",
+        )
+
+
+def apply_liger(model: Any, family: str) -> None:
+    """Patch ``model`` in place with the Liger kernels the installed liger-kernel has for its type.
+
+    Only the layer kernels (RMSNorm, RoPE, SwiGLU ...) are applied: cgmed computes its own
+    answer-only loss from the logits, so Liger's fused linear cross-entropy, which skips the
+    logits, stays off. ConfigError when liger-kernel is not installed or knows no kernels
+    for the model type.
+    """
+    try:
+        from liger_kernel.transformers.monkey_patch import (
+            MODEL_TYPE_TO_APPLY_LIGER_FN,
+            _apply_liger_kernel_to_instance,
+        )
+    except ImportError as err:
+        raise ConfigError(
+            "model.use_liger",
+            f"needs the liger-kernel package, which does not import ({err})",
+            "pip install liger-kernel (CUDA only), or set model.use_liger=false",
+        ) from None
+    model_type = model.config.model_type
+    if model_type not in MODEL_TYPE_TO_APPLY_LIGER_FN:
+        raise ConfigError(
+            "model.use_liger",
+            f"the installed liger-kernel has no kernels for {family} (model_type {model_type!r})",
+            "upgrade liger-kernel, or set model.use_liger=false",
+        )
+    _apply_liger_kernel_to_instance(model=model, fused_linear_cross_entropy=False, cross_entropy=False)
 
 
 def _torch_dtype(dtype: Any) -> Any:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from cgmed.errors import ConfigError
-from cgmed.models.registry import PARTS
+from cgmed.models.registry import ATTN_IMPLEMENTATIONS, PARTS
 
 
 @dataclass
@@ -27,7 +27,17 @@ class ModelConfig:
     )
     max_pixels: int | None = None
     trust_remote_code: bool = False
-    attn_implementation: str | None = None  # e.g. sdpa, flash_attention_2; null = the transformers default
+    # sdpa (torch's fused attention), flash_attention_2 (needs the flash-attn package) or eager
+    attn_implementation: Literal["sdpa", "flash_attention_2", "eager"] = "sdpa"
+    use_liger: bool = False  # Liger kernels (RMSNorm, RoPE, SwiGLU) where liger-kernel supports the family
+
+    def __post_init__(self) -> None:
+        if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
+            raise ConfigError(
+                "model.attn_implementation",
+                f"{self.attn_implementation!r} is not one of {list(ATTN_IMPLEMENTATIONS)}",
+                "use sdpa (the default), flash_attention_2 or eager",
+            )
 
 
 @dataclass
@@ -98,7 +108,11 @@ class TrainConfig:
     on_overflow: Literal["drop", "error"] = "drop"
     max_bad_images: int = 100  # unreadable images skipped (and counted) before the run stops
     group_by_length: bool = True
-    num_workers: int = 0
+    # DataLoader worker processes; null = 4 on CUDA (at most the CPU count), 0 on CPU (where
+    # workers would take the cores the step computes on)
+    num_workers: int | None = None
+    # AdamW's implementation; auto = fused on CUDA with fp32/bf16 parameters, else foreach
+    optimizer_impl: Literal["auto", "fused", "foreach", "for_loop"] = "auto"
     save_every: int = 0  # steps between checkpoints; 0 = only at the end
     keep_last: int = 2
     resume: str | None = None  # null | auto | a checkpoint directory
@@ -156,6 +170,7 @@ class TrainConfig:
 
 
 RESUME_CHANGES = ("max_steps",)
+OPTIMIZER_IMPLS = ("auto", "fused", "foreach", "for_loop")
 
 
 def _check_sizes(cfg: TrainConfig) -> None:
@@ -166,7 +181,9 @@ def _check_sizes(cfg: TrainConfig) -> None:
             raise ConfigError(f"train.{key}", f"must be >= 1, got {getattr(cfg, key)}")
     if cfg.global_batch_size is not None and cfg.global_batch_size < 1:
         raise ConfigError("train.global_batch_size", f"must be >= 1 or null, got {cfg.global_batch_size}")
-    for key in ("num_workers", "max_bad_images", "eval_every"):
+    if cfg.num_workers is not None and cfg.num_workers < 0:
+        raise ConfigError("train.num_workers", f"must be >= 0 or null, got {cfg.num_workers}")
+    for key in ("max_bad_images", "eval_every"):
         if getattr(cfg, key) < 0:
             raise ConfigError(f"train.{key}", f"must be >= 0, got {getattr(cfg, key)}")
     if cfg.max_steps == 0 or cfg.max_steps < -1:
@@ -204,6 +221,12 @@ def _check_optimizer(cfg: TrainConfig) -> None:
         raise ConfigError("train.warmup_ratio", f"must be in [0, 1), got {cfg.warmup_ratio}")
     if cfg.warmup_steps is not None and cfg.warmup_steps < 0:
         raise ConfigError("train.warmup_steps", f"must be >= 0 or null, got {cfg.warmup_steps}")
+    if cfg.optimizer_impl not in OPTIMIZER_IMPLS:
+        raise ConfigError(
+            "train.optimizer_impl",
+            f"{cfg.optimizer_impl!r} is not one of {list(OPTIMIZER_IMPLS)}",
+            "use auto (fused on CUDA, foreach elsewhere)",
+        )
     if not 0.0 <= cfg.min_lr_ratio <= 1.0:
         raise ConfigError("train.min_lr_ratio", f"must be in [0, 1], got {cfg.min_lr_ratio}")
 

@@ -93,8 +93,9 @@ def run_steps(
         too_long += result.too_long
         if step % cfg.log_every == 0 or step == run.total_steps:
             row = step_metrics(run, step, result, bad_images, too_long)
-            if not metrics.rows_written:  # the first row of each start names the batch it trains with
+            if not metrics.rows_written:  # the first row of each start names its batch and kernels
                 row.update(run.batch_record)
+                row.update(run.backend)
             metrics.log(step, row)
         if progress is not None:
             progress.update(1)
@@ -159,7 +160,7 @@ def open_metrics(run: TrainingRun, resolved_config: dict[str, Any] | None) -> Me
     )
     if run.is_main and resolved_config is not None:
         # what this launch resolved: grad_accum derived from train.global_batch_size, the process count
-        recorded = {**resolved_config, "run": run.batch_record}
+        recorded = {**resolved_config, "run": run.batch_record, "backend": run.backend}
         if isinstance(recorded.get("train"), dict):
             recorded["train"] = {**recorded["train"], "grad_accum": cfg.grad_accum}
         atomic_write_text(

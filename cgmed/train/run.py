@@ -11,7 +11,8 @@ initialisation, the batch order) happen in the same order in a fresh and in a re
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,14 @@ from cgmed.train.data import (
 from cgmed.train.distributed import engine_name, make_accelerator, problems_of_all_ranks, world_size
 from cgmed.train.lock import RunLock, acquire_on_main
 from cgmed.train.resume import check_same_run, reschedule, run_identity, unusable, usable_checkpoints
-from cgmed.train.setup import apply_training_mode, load_model, optimizer_and_scheduler, resolve_adapter
+from cgmed.train.setup import (
+    apply_training_mode,
+    load_model,
+    optimizer_and_scheduler,
+    resolve_adapter,
+    resolve_num_workers,
+    resolve_optimizer_impl,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +70,8 @@ class TrainingRun:
     resumed_from: Path | None = None
     batches: Any = None  # DataLoader of this rank's micro-batches from start_step on
     lock: RunLock | None = None  # the run directory's lock, held by the main process
+    # the kernels and loader settings this launch resolved (attention, optimizer, precision ...)
+    backend: dict[str, Any] = field(default_factory=dict)
 
     @property
     def world(self) -> int:
@@ -190,12 +200,15 @@ def build_run(
     if train_cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     model, processor = load_model(model_cfg, peft_cfg, adapter)
+    attention = getattr(model.config, "_attn_implementation", None) or model_cfg.attn_implementation
     model = apply_training_mode(model, adapter, peft_cfg, train_cfg)
     collator = Collator(adapter, processor, train_cfg.max_length, train_cfg.on_overflow)
     lengths = text_lengths(dataset, collator) if train_cfg.group_by_length else None
     global_micro_batch = train_cfg.per_device_batch_size * accelerator.num_processes
     plan = BatchPlan(lengths, len(dataset), global_micro_batch, train_cfg.seed)
-    optimizer, scheduler = optimizer_and_scheduler(model, adapter, train_cfg, start.total_steps)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    impl = resolve_optimizer_impl(train_cfg.optimizer_impl, accelerator.device.type, trainable)
+    optimizer, scheduler = optimizer_and_scheduler(model, adapter, train_cfg, start.total_steps, impl)
     lora = peft_cfg.method != "full"
     if lora:
         ckpt.register_lora_hooks(accelerator)
@@ -215,6 +228,7 @@ def build_run(
         deepspeed=accelerator.distributed_type.value == "DEEPSPEED",
         identity=start.identity,
     )
+    run.backend = backend_record(model_cfg, train_cfg, attention, impl, accelerator.device.type)
     if start.checkpoints:
         restore(run, start.checkpoints)
     run.batches = batch_loader(run, dataset, collator)
@@ -275,6 +289,35 @@ def _follow_new_total(run: TrainingRun, old_total: int) -> None:
         )
 
 
+def backend_record(
+    model_cfg: ModelConfig, train_cfg: TrainConfig, attention: str, optimizer_impl: str, device_type: str
+) -> dict[str, Any]:
+    """What a run computes with, as it records it: the attention kernel the model loaded with,
+    Liger, weights' dtype, precision, gradient checkpointing, the AdamW implementation and the
+    DataLoader settings (``resolved_config.json``'s ``backend`` and the first metrics row)."""
+    return {
+        "attn_implementation": attention,
+        "use_liger": model_cfg.use_liger,
+        "dtype": model_cfg.dtype,
+        "precision": train_cfg.precision,
+        "gradient_checkpointing": train_cfg.gradient_checkpointing,
+        "optimizer_impl": optimizer_impl,
+        **loader_settings(train_cfg, device_type),
+    }
+
+
+def loader_settings(cfg: TrainConfig, device_type: str) -> dict[str, Any]:
+    """The DataLoader's worker and memory settings on ``device_type`` (see
+    :func:`cgmed.train.setup.resolve_num_workers`): pinned memory for copies to CUDA, workers
+    kept alive across epochs when there are any."""
+    workers = resolve_num_workers(cfg.num_workers, device_type, os.cpu_count())
+    return {
+        "num_workers": workers,
+        "pin_memory": device_type == "cuda",
+        "persistent_workers": workers > 0,
+    }
+
+
 def batch_loader(run: TrainingRun, dataset: ManifestDataset, collator: Collator) -> Any:
     """A DataLoader of this rank's micro-batches from ``run.start_step`` to the last step."""
     from torch.utils.data import DataLoader
@@ -288,10 +331,10 @@ def batch_loader(run: TrainingRun, dataset: ManifestDataset, collator: Collator)
         run.accelerator.process_index,
         cfg.per_device_batch_size,
     )
+    settings = {key: run.backend[key] for key in ("num_workers", "pin_memory", "persistent_workers")}
     return DataLoader(
         dataset,
         batch_sampler=sampler,
         collate_fn=SkippingCollate(collator, cfg.max_bad_images),
-        num_workers=cfg.num_workers,
-        persistent_workers=False,
+        **settings,
     )

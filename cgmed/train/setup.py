@@ -57,10 +57,9 @@ def quantization_config(adapter: BackboneAdapter, peft_cfg: PeftConfig, compute_
 
 
 def load_model(model_cfg: ModelConfig, peft_cfg: PeftConfig, adapter: BackboneAdapter) -> tuple[Any, Any]:
-    """``(model, processor)`` through the adapter's ``from_pretrained`` path."""
+    """``(model, processor)`` through the adapter's ``from_pretrained`` path, with the attention
+    kernel of ``model.attn_implementation`` and, with ``model.use_liger``, Liger's kernels."""
     model_kwargs: dict[str, Any] = {}
-    if model_cfg.attn_implementation:
-        model_kwargs["attn_implementation"] = model_cfg.attn_implementation
     if peft_cfg.method == "qlora":
         compute = "float32" if model_cfg.dtype in ("auto", "float32") else model_cfg.dtype
         model_kwargs["quantization_config"] = quantization_config(adapter, peft_cfg, compute)
@@ -69,6 +68,8 @@ def load_model(model_cfg: ModelConfig, peft_cfg: PeftConfig, adapter: BackboneAd
         dtype=model_cfg.dtype,
         trust_remote_code=model_cfg.trust_remote_code,
         model_kwargs=model_kwargs,
+        attn_implementation=model_cfg.attn_implementation,
+        use_liger=model_cfg.use_liger,
         min_pixels=model_cfg.min_pixels,
         max_pixels=model_cfg.max_pixels,
     )
@@ -202,10 +203,28 @@ def lr_lambda(step: int, total: int, warmup: int, kind: str, min_ratio: float) -
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def resolve_optimizer_impl(requested: str, device_type: str, params: list[Any]) -> str:
+    """The AdamW implementation a run uses: ``requested``, or for ``auto`` the fastest one the
+    device runs: ``fused`` (one kernel for every tensor) on CUDA when every trainable parameter
+    is fp32 or bf16, else ``foreach`` (one kernel per operation over all tensors)."""
+    if requested != "auto":
+        return requested
+    import torch
+
+    fused_dtypes = (torch.float32, torch.bfloat16)
+    if device_type == "cuda" and params and all(p.dtype in fused_dtypes for p in params):
+        return "fused"
+    return "foreach"
+
+
+_IMPL_FLAGS = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for_loop": {"foreach": False}}
+
+
 def optimizer_and_scheduler(
-    model: Any, adapter: BackboneAdapter, train_cfg: TrainConfig, total_steps: int
+    model: Any, adapter: BackboneAdapter, train_cfg: TrainConfig, total_steps: int, impl: str = "for_loop"
 ) -> tuple[Any, Any]:
-    """AdamW over :func:`param_groups` and its per-optimizer-step schedule (:func:`lr_lambda`)."""
+    """AdamW (``impl``: fused, foreach or for_loop, see :func:`resolve_optimizer_impl`) over
+    :func:`param_groups` and its per-optimizer-step schedule (:func:`lr_lambda`)."""
     import torch
 
     warmup = (
@@ -218,6 +237,7 @@ def optimizer_and_scheduler(
         lr=train_cfg.lr,
         betas=(train_cfg.adam_beta1, train_cfg.adam_beta2),
         eps=train_cfg.adam_eps,
+        **_IMPL_FLAGS[impl],
     )
     schedule = functools.partial(
         lr_lambda,
@@ -227,3 +247,14 @@ def optimizer_and_scheduler(
         min_ratio=train_cfg.min_lr_ratio,
     )
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+def resolve_num_workers(requested: int | None, device_type: str, cpu_count: int | None) -> int:
+    """DataLoader workers: ``requested`` when set; otherwise 4 on CUDA, where processing the next
+    batch in the step would leave the GPU idle (at most the CPU count), and 0 on CPU, where the
+    workers would take the cores the step computes on."""
+    if requested is not None:
+        return requested
+    if device_type != "cuda":
+        return 0
+    return max(1, min(4, cpu_count or 1))

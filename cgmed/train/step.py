@@ -59,7 +59,8 @@ def train_step(run: TrainingRun, batches: Iterator[dict[str, Any]], step: int) -
         batch = next(batches)
         bad_images += batch.pop("_bad_images", 0)
         too_long += batch.pop("_too_long", 0)
-        batch = {k: v.to(device) for k, v in batch.items()}
+        # pinned batches (train on CUDA) copy while the previous kernels still run
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         samples += batch["input_ids"].shape[0]
         seq_tokens += int(batch["attention_mask"].sum())
         with accelerator.accumulate(run.model):
