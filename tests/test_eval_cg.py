@@ -121,6 +121,57 @@ def test_report_numbers_recomputed_from_predictions(cg_run):
         assert results(preds, 200, 0)["overall"]["accuracy"] == pytest.approx(acc)
 
 
+def test_report_columns_recomputed_from_predictions(cg_run):
+    """Each arm's method (its results.json), unparsed answers, per-seed values and the paired
+    differences with McNemar's counts (predictions joined by question id), and the split's
+    small-test warnings, as cg_report.json and cg_report.md give them."""
+    root, doc = cg_run
+    (row,) = doc["targets"]
+    base = root / "run" / "ct_lung_cancer"
+    paths = {
+        "trained": "seed-0/trained/eval",
+        "baseline_plus": "seed-0/baseline_plus/eval",
+        "baseline": "baseline/eval",
+    }
+    preds = {}
+    for arm, path in paths.items():
+        lines = (base / path / "predictions.jsonl").read_text().splitlines()
+        preds[arm] = {p["id"]: p for p in map(json.loads, lines)}
+        assert row[arm]["method"] == json.loads((base / path / "results.json").read_text())["method"]
+        assert row[arm]["unparsed_per_run"] == [sum(p["pred"] is None for p in preds[arm].values())]
+    assert row["trained"]["per_seed"] == [pytest.approx(row["trained"]["accuracy"])]
+    for rival in ("baseline_plus", "baseline"):
+        got = row["paired"][rival]
+        diffs = [int(p["correct"]) - int(preds[rival][i]["correct"]) for i, p in preds["trained"].items()]
+        assert got["difference"] == pytest.approx(sum(diffs) / len(diffs)) and got["n_questions"] == len(
+            diffs
+        )
+        assert got["ci95"][0] <= got["difference"] <= got["ci95"][1]
+        assert got["significant"] == (got["p_value"] < 0.05)
+        (mcnemar,) = got["mcnemar"]
+        assert (mcnemar["trained_only"], mcnemar["rival_only"]) == (diffs.count(1), diffs.count(-1))
+    verdicts = [p["significant"] and p["difference"] > 0 for p in row["paired"].values()]
+    assert row["cg_helps_significant"] == all(verdicts) and "cg_helps_beyond_ci" not in row
+    saved = json.loads((root / "run" / "cg_report.json").read_text())
+    meta = json.loads((base / "splits" / "related" / "split_meta.json").read_text())
+    warnings = [t["warning"] for t in meta["test_sets"].values() if "warning" in t]
+    assert warnings and saved["warnings"] == warnings == row["test_set_warnings"]  # 8 test questions
+    assert saved["interval_method"].startswith("two-level bootstrap") and saved["methods"] == [
+        "option_scoring"
+    ]
+    md = (root / "run" / "cg_report.md").read_text()
+    head = next(x for x in md.splitlines() if x.startswith("| Related combination"))
+    line = next(x for x in md.splitlines() if "CT Lung Cancer †" in x)
+    cells = dict(zip(head.strip("| ").split(" | "), line.strip("| ").split(" | "), strict=True))
+    assert cells["CG helps"] == ("yes" if row["cg_helps"] else "no")
+    assert cells["Significant"] == ("yes" if row["cg_helps_significant"] else "no")
+    assert cells["Trained - Baseline+ (paired)"].startswith(
+        f"{100 * row['paired']['baseline_plus']['difference']:+.1f} ["
+    )
+    assert cells["Method"] == "option scoring" and cells["Unparsed (B / B+ / T)"] == "-"
+    assert f"† {warnings[0]}" in md
+
+
 def test_rerun_skips_finished_stages(cg_run):
     root, _ = cg_run
     run = root / "run"
@@ -139,6 +190,33 @@ def test_rerun_skips_finished_stages(cg_run):
         doc["targets"][0]["trained"]
         == json.loads((run / "cg_report.json").read_text())["targets"][0]["trained"]
     )
+
+
+def test_second_method_side_by_side(cg_run):
+    """cg.second_method scores each arm's target test set by generation too (finished stages
+    stay), and the report gives both methods side by side, each from its own results."""
+    root, _ = cg_run
+    run = root / "run"
+    doc = protocol(run, root / "cache", second_method="generation")
+    (row,) = doc["targets"]
+    second = row["second_method"]
+    assert row["trained"]["method"] == "option_scoring" and second["method"] == "generation"
+    for arm, path in (
+        ("trained", "seed-0/trained"),
+        ("baseline_plus", "seed-0/baseline_plus"),
+        ("baseline", "baseline"),
+    ):
+        lines = (
+            (run / "ct_lung_cancer" / path / "eval_generation" / "predictions.jsonl").read_text().splitlines()
+        )
+        preds = [json.loads(x) for x in lines]
+        assert second[arm]["accuracy"] == pytest.approx(sum(p["correct"] for p in preds) / len(preds))
+        assert second[arm]["unparsed_per_run"] == [sum(p["pred"] is None for p in preds)]
+        assert second[arm]["method"] == "generation"
+    md = (run / "cg_report.md").read_text()
+    assert "| | option scoring | generation | Unparsed (option scoring) | Unparsed (generation) |" in md
+    with pytest.raises(ConfigError, match="cg.second_method.*is eval.method"):
+        CGApp(cg=CGConfig(second_method="option_scoring"))
 
 
 def test_option_scoring_and_generation_agree(cg_run, tmp_path):

@@ -6,9 +6,12 @@ pilot study (Tables 1-2), and their reports.
 * ``run``: ``run_cg``, the entry: the protocol or the pilot.
 * ``protocol`` / ``pilot``: their plans and stages; ``stages``: what both share (main-process
   work, data, base model, splits, training and evaluation stages).
+* ``recipe``: what a dry run says about each arm (global batch, steps, learning rate, trained and
+  frozen parts, evaluation method) and the plan-time check that few-shot prompts fit the backbone.
 * ``results``: typed results handed from the stages to the reports, ``report`` (the CG
   report) and ``pilot_report`` (the pilot's).
-* ``stats``: mean and SD over seeds and draws.
+* ``stats``: mean and SD over seeds and draws; the CG report's bootstrap over seeds and questions
+  and its paired comparison of arms.
 """
 
 from cgmed.cg.config import CGApp, CGConfig, CGTarget, FewShot, Pilot, TinyBase

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from cgmed.data.source import DataConfig
 from cgmed.data.split import SplitConfig
@@ -35,6 +35,9 @@ class CGTarget:
     )
     # the paper's few-shot numbers per arm and shot count: {baseline: {0: 30.0, 2: 28.83}, trained: {...}}
     paper_few_shot: dict[str, dict[str, float]] | None = None
+    # what a reader of this row must know (e.g. a two-element composition, an arm that cannot
+    # reach the others' size); the dry run and the report print it beside the row
+    note: str = ""
 
 
 @dataclass
@@ -110,6 +113,8 @@ class CGConfig:
     curve_every: int = 0  # evaluate target and seen test sets every N training steps (a CG learning curve)
     tiny_base: TinyBase | None = None
     few_shot: FewShot | None = None  # also evaluate Baseline and Trained with in-context examples
+    # also score Baseline, Baseline+ and Trained on the target by this method; the report puts both side by side
+    second_method: Literal["option_scoring", "generation"] | None = None
     pilot: Pilot | None = None  # run the pilot study (Tables 1-2) instead of cg.targets
     plots: bool = True
     note: str = ""  # printed in the report (e.g. what a warm-up stage did)
@@ -191,6 +196,12 @@ class CGApp:
 
     def __post_init__(self) -> None:
         refuse_global_shots(self.eval)
+        if self.cg.second_method == self.eval.method:
+            raise ConfigError(
+                "cg.second_method",
+                f"is eval.method ({self.eval.method}) already",
+                "name the other method or null",
+            )
         refuse_owned_keys(self, PILOT_OWNED_KEYS if self.cg.pilot is not None else PROTOCOL_OWNED_KEYS)
 
 

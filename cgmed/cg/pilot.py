@@ -29,6 +29,7 @@ from typing import Any
 
 from cgmed.cg.config import CGApp, Pilot
 from cgmed.cg.pilot_report import print_pilot_plan, write_pilot_report
+from cgmed.cg.recipe import pilot_lines
 from cgmed.cg.results import PilotRun, PilotSeedRun, SplitSummary
 from cgmed.cg.stages import eval_stage, on_main, open_data, open_split, train_stage, with_base_model
 from cgmed.data.audit import audit_split
@@ -129,6 +130,7 @@ def run_pilot(app: CGApp, run_dir: Path, dry_run: bool = False) -> dict[str, Any
     splits = open_pilot_splits(app, plan, source, out)
     audit = ood_image_audit(out, app.split.audit_images) if "ood" in splits else None
     if dry_run:
+        on_main(lambda: print("\n".join(pilot_lines(app, splits))))
         on_main(lambda: print_pilot_plan(plan.trained, plan.test_only, splits, audit))
         return {"dry_run": True, "pilot": {"trained": plan.trained, "test_only": plan.test_only}}
     app = with_base_model(app, run_dir)

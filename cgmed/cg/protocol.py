@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cgmed.cg.config import CGApp, CGConfig, CGTarget
+from cgmed.cg.recipe import check_few_shot_fits, target_lines
 from cgmed.cg.report import print_plan, write_report
 from cgmed.cg.results import Evaluation, SeedRun, SplitSummary, TargetRun
 from cgmed.cg.stages import eval_stage, on_main, open_data, open_split, train_stage, with_base_model
@@ -101,6 +102,10 @@ def plan_target(index: int, spec: CGTarget, cg: CGConfig, split: SplitConfig, so
             train="unrelated",
             without=[],
             match_size_of={"train": spec.related, "without": list(spec.without)},
+            # the control gets the same samples of the target's own training portion as Trained
+            # (Figure 6, Table 5: the same seed draws the same ones), so that the difference
+            # between the two is the Related data alone
+            target_train_samples=split.target_train_samples,
             seen_test=False,
             shots_per_label=0,
         )
@@ -151,7 +156,13 @@ def run_protocol(app: CGApp, run_dir: Path, dry_run: bool = False) -> dict[str, 
         runs = [
             TargetRun(p.name, p.spec, *open_target_splits(app, p, source, run_dir / p.name)) for p in plans
         ]
-        on_main(lambda: print_plan(runs))
+        for plan, run in zip(plans, runs, strict=True):
+            check_few_shot_fits(app, run.related, plan.target)
+        recipes = {
+            p.name: target_lines(app, p.spec, p.target, r.related, r.unrelated, source)
+            for p, r in zip(plans, runs, strict=True)
+        }
+        on_main(lambda: print_plan(runs, recipes))
         return {"dry_run": True, "targets": [p.name for p in plans]}
     app = with_base_model(app, run_dir)
     runs = [run_target(app, plan, source, run_dir / plan.name) for plan in plans]
@@ -175,8 +186,11 @@ def open_target_splits(
 def run_target(app: CGApp, plan: TargetPlan, source: Any, out: Path) -> TargetRun:
     """Every stage of one target: its splits, the Baseline evaluations, then each seed's models."""
     run = TargetRun(plan.name, plan.spec, *open_target_splits(app, plan, source, out))
+    check_few_shot_fits(app, run.related, plan.target)  # before any model is evaluated or trained
     model_path = app.model.path
     run.baseline = eval_stage(app, model_path, run.related.manifest("test"), out / "baseline" / "eval")
+    if app.cg.second_method:
+        run.baseline_second_method = second_method_stage(app, model_path, run.related, out / "baseline")
     if app.cg.few_shot:
         run.baseline_few_shot = few_shot_stages(app, model_path, run.related, out / "baseline")
     for seed in app.cg.seeds:
@@ -193,6 +207,8 @@ def seed_stages(app: CGApp, run: TargetRun, out: Path, seed: int) -> SeedRun:
         curves = {"target": str(target_test), "seen": str(related.manifest("seen_test"))}
     trained = train_stage(app, related.manifest("train"), out / "trained", seed, curves)
     result = SeedRun(trained=eval_stage(app, trained, target_test, out / "trained" / "eval"))
+    if app.cg.second_method:
+        result.second_method["trained"] = second_method_stage(app, trained, related, out / "trained")
     if app.cg.few_shot:
         result.trained_few_shot = few_shot_stages(app, trained, related, out / "trained")
     if app.cg.eval_seen and related.manifest("seen_test").stat().st_size:
@@ -200,7 +216,19 @@ def seed_stages(app: CGApp, run: TargetRun, out: Path, seed: int) -> SeedRun:
     if run.unrelated is not None:
         control = train_stage(app, run.unrelated.manifest("train"), out / "baseline_plus", seed)
         result.baseline_plus = eval_stage(app, control, target_test, out / "baseline_plus" / "eval")
+        if app.cg.second_method:
+            result.second_method["baseline_plus"] = second_method_stage(
+                app, control, related, out / "baseline_plus"
+            )
     return result
+
+
+def second_method_stage(app: CGApp, model_path: Path | str, split: SplitSummary, out: Path) -> Evaluation:
+    """The target's test set scored by ``cg.second_method`` into ``out/eval_<method>``."""
+    method = app.cg.second_method
+    assert method is not None
+    cfg = dataclasses.replace(app.eval, method=method)
+    return eval_stage(app, model_path, split.manifest("test"), out / f"eval_{method}", cfg)
 
 
 def few_shot_stages(

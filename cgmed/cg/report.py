@@ -1,10 +1,17 @@
 """The CG report: ``cg_report.json``, a Table-3-shaped ``cg_report.md`` and PNG plots, made from
 the typed results of the stages (:mod:`cgmed.cg.results`).
 
+Every number is recomputed from the evaluations' ``predictions.jsonl``; what each evaluation did
+(its method) comes from its ``results.json``. Per arm: the mean over seeds, each seed's value, a
+95% interval over seeds and questions (:data:`cgmed.cg.stats.INTERVAL_METHOD`), the evaluation
+method and the unparsed answers per run. Trained is compared with Baseline+ and with Baseline
+twice: by the paper's rule on point estimates (``cg_helps``: Trained > max(Baseline, Baseline+))
+and by a paired bootstrap on the same questions (``paired``, ``cg_helps_significant``).
+
 A classification target's arms are compared on accuracy. A detection target's (its test set
 is all box records) are compared on cIoU, the paper's Table 5 metric: its row carries
-``metric: "ciou"``, each arm a ``ciou`` (plus ``mean_iou`` and ``acc_iou50``) with a bootstrap
-interval of cIoU, and ``cg_helps`` compares cIoU. Classification rows are unchanged.
+``metric: "ciou"``, each arm a ``ciou`` (plus ``mean_iou`` and ``acc_iou50``), and the interval
+and the paired difference are of cIoU.
 """
 
 from __future__ import annotations
@@ -19,14 +26,32 @@ import numpy as np
 
 from cgmed.cg.config import CGConfig
 from cgmed.cg.results import Evaluation, SplitSummary, TargetRun, subset_title
-from cgmed.cg.stats import spread
+from cgmed.cg.stats import (
+    ALPHA,
+    INTERVAL_METHOD,
+    Outcomes,
+    Resamples,
+    interval,
+    outcomes,
+    paired,
+    resamples,
+    spread,
+)
 from cgmed.data.manifest import read_jsonl
-from cgmed.eval.metrics import bootstrap_ci, ciou_bootstrap_ci, mat_key
+from cgmed.errors import DataError
+from cgmed.eval.metrics import is_unparsed, mat_key
 from cgmed.eval.score import EvalConfig
 
 log = logging.getLogger(__name__)
 _LABELS = {"accuracy": "accuracy", "ciou": "cIoU"}
 _ARMS = (("baseline", "Baseline"), ("baseline_plus", "Baseline+"), ("trained", "Trained"))
+_RIVALS = ("baseline_plus", "baseline")  # what Trained is compared with
+SIGNIFICANCE = (
+    "Trained minus the rival on the same test questions (joined by question id), the per-seed "
+    "differences averaged over seeds (a one-run Baseline paired with every seed's Trained); 95% interval and "
+    "two-sided p-value from a bootstrap that resamples seeds, then questions (the same for both arms); "
+    f"significant when p < {ALPHA}; accuracy rows also get McNemar's exact test per seed"
+)
 
 
 def _metric(results: dict) -> str:
@@ -39,50 +64,98 @@ def _value(arm: dict | None, metric: str) -> float:
     return float(arm[metric]) if arm else float("nan")
 
 
-def _pooled(evaluations: list[Evaluation]) -> list[dict]:
-    rows: list[dict] = []
-    for e in evaluations:
-        rows += read_jsonl(e.predictions)
-    return rows
-
-
-def _arm(evaluations: list[Evaluation], eval_cfg: EvalConfig, metric: str = "accuracy") -> dict[str, Any]:
-    """An arm over seeds: mean, per-seed values and SD (ddof=1) of accuracy (or of cIoU, with
-    ``metric="ciou"``, plus mean IoU and IoU >= 0.5 accuracy), and the bootstrap 95% interval of
-    the predictions of every seed pooled."""
-    overall = [e.overall for e in evaluations]
-    seeds = spread([o[metric] for o in overall])
-    pooled = _pooled(evaluations)
-    arm: dict[str, Any] = {metric: seeds.mean, "per_seed": seeds.values, "sd": seeds.sd}
+def load_outcomes(evaluations: list[Evaluation], metric: str) -> tuple[Outcomes, list[int]]:
+    """The runs' outcomes per question (:func:`cgmed.cg.stats.outcomes`) and each run's count of
+    unparsed answers (``pred`` None: counted wrong)."""
+    runs = [read_jsonl(e.predictions) for e in evaluations]
+    unparsed = [sum(1 for r in rows if is_unparsed(r)) for rows in runs]
     if metric == "ciou":
-        boxes = [r for r in pooled if r.get("box") is not None]
-        arm["ci95"] = list(ciou_bootstrap_ci(boxes, eval_cfg.bootstrap, eval_cfg.seed))
-        arm["n"] = overall[0]["n"]
+        runs = [[r for r in rows if r.get("box") is not None] for rows in runs]
+    return outcomes(runs, metric, [str(e.predictions) for e in evaluations]), unparsed
+
+
+def _method(evaluations: list[Evaluation]) -> str:
+    """The evaluation method of an arm's runs (each run's results.json)."""
+    methods = sorted({e.method for e in evaluations})
+    return methods[0] if len(methods) == 1 else "mixed: " + ", ".join(methods)
+
+
+def arm_summary(
+    evaluations: list[Evaluation], scored: Outcomes, unparsed: list[int], draws: Resamples, seeded: bool
+) -> dict[str, Any]:
+    """One arm: the mean over its runs of accuracy (or cIoU, plus mean IoU and IoU >= 0.5
+    accuracy), per-seed values and SD (ddof=1) for an arm trained per seed, the 95% interval,
+    the evaluation method and the unparsed answers of each run."""
+    metric = scored.metric
+    overall = [e.overall for e in evaluations]
+    arm: dict[str, Any] = {metric: scored.point()}
+    if seeded:
+        seeds = spread(scored.per_run().tolist())
+        arm.update(per_seed=seeds.values, sd=seeds.sd)
+    arm["ci95"] = interval(scored, draws)
+    arm["n"] = overall[0]["n"]
+    if metric == "ciou":
         arm["mean_iou"] = float(np.mean([o["mean_iou"] for o in overall]))
         arm["acc_iou50"] = float(np.mean([o["acc_iou50"] for o in overall]))
     else:
-        arm["ci95"] = list(bootstrap_ci([r["correct"] for r in pooled], eval_cfg.bootstrap, eval_cfg.seed))
-        arm["n"] = overall[0]["n"]
         arm["chance"] = overall[0]["chance"]
+    arm["method"] = _method(evaluations)
+    arm["unparsed_per_run"] = unparsed
     return arm
 
 
-def _baseline_arm(baseline: Evaluation, metric: str) -> dict[str, Any]:
-    """The untrained model's arm: one evaluation, its own bootstrap interval."""
-    o = baseline.overall
-    if metric == "ciou":
-        return {
-            "ciou": o["ciou"],
-            "ci95": o["ciou_ci95"],
-            "n": o["n"],
-            "mean_iou": o["mean_iou"],
-            "acc_iou50": o["acc_iou50"],
-        }
-    return {"accuracy": o["accuracy"], "ci95": o["ci95"], "n": o["n"], "chance": o["chance"]}
+def compare_arms(
+    arms: dict[str, list[Evaluation]], seeds: list[int], metric: str, eval_cfg: EvalConfig
+) -> dict[str, Any]:
+    """Each arm on the target's test set (``baseline``: one run; ``trained``, ``baseline_plus``:
+    one per seed) and Trained against each rival, by the paper's rule on point estimates
+    (``cg_helps``) and paired (``paired``; ``cg_helps_significant``: above every rival at 0.05)."""
+    loaded = {arm: load_outcomes(evaluations, metric) for arm, evaluations in arms.items()}
+    trained = loaded["trained"][0]
+    for arm, (scored, _) in loaded.items():
+        if scored.ids != trained.ids:
+            raise DataError(
+                str(arms[arm][0].predictions),
+                f"scores other questions than {arms['trained'][0].predictions}",
+                "evaluate every arm on the target's test.jsonl (delete the stale eval folder and rerun)",
+            )
+    draws = resamples(len(seeds), len(trained.ids), eval_cfg.bootstrap, eval_cfg.seed)
+    out: dict[str, Any] = {
+        arm: arm_summary(arms[arm], scored, unparsed, draws, seeded=arm != "baseline")
+        for arm, (scored, unparsed) in loaded.items()
+    }
+    out["paired"] = {}
+    for rival in (r for r in _RIVALS if r in loaded):
+        out["paired"][rival] = paired(trained, loaded[rival][0], draws, seeds).to_json()
+    # The paper's apparent rule (Table 3): CG helps when Trained beats both Baseline and Baseline+
+    # (for a detection target, on cIoU: Table 5 reports cIoU gains).
+    out["cg_helps"] = bool(out["trained"][metric] > max(out[r][metric] for r in out["paired"]))
+    verdicts = [p["significant"] and p["difference"] > 0 for p in out["paired"].values()]
+    tested = all(p["significant"] is not None for p in out["paired"].values())
+    out["cg_helps_significant"] = all(verdicts) if tested else None
+    return out
+
+
+def seen_arm(evaluations: list[Evaluation], seeds: list[int], eval_cfg: EvalConfig) -> dict[str, Any]:
+    """Trained's accuracy on the test sets of the combinations it trained on."""
+    scored, unparsed = load_outcomes(evaluations, "accuracy")
+    draws = resamples(len(seeds), len(scored.ids), eval_cfg.bootstrap, eval_cfg.seed)
+    return arm_summary(evaluations, scored, unparsed, draws, seeded=True)
 
 
 def _titles(split: SplitSummary | None) -> list[str]:
     return [subset_title(s) for s in split.train_subsets] if split else []
+
+
+def _second_method_arms(run: TargetRun, seeds: list[int]) -> dict[str, list[Evaluation]] | None:
+    """Baseline, Trained (and Baseline+) by the second evaluation method, when every run has one."""
+    per_seed = [run.seeds[s].second_method for s in seeds]
+    if run.baseline_second_method is None or not all("trained" in m for m in per_seed):
+        return None
+    arms = {"baseline": [run.baseline_second_method], "trained": [m["trained"] for m in per_seed]}
+    if all("baseline_plus" in m for m in per_seed):
+        arms["baseline_plus"] = [m["baseline_plus"] for m in per_seed]
+    return arms
 
 
 def target_row(run: TargetRun, eval_cfg: EvalConfig) -> dict[str, Any]:
@@ -98,26 +171,31 @@ def target_row(run: TargetRun, eval_cfg: EvalConfig) -> dict[str, Any]:
         "related": _titles(run.related),
         "unrelated": _titles(run.unrelated),
         "train_samples": run.related.sizes["train"],
-        "baseline": _baseline_arm(run.baseline, metric),
-        "trained": _arm([r.trained for r in per_seed], eval_cfg, metric),
         "seeds": seeds,
     }
     if metric == "ciou":
         row["metric"] = "ciou"
+    arms = {"baseline": [run.baseline], "trained": [r.trained for r in per_seed]}
     if all(r.baseline_plus is not None for r in per_seed):
-        row["baseline_plus"] = _arm([r.baseline_plus for r in per_seed], eval_cfg, metric)
-    if all(r.seen is not None for r in per_seed):
-        row["seen_accuracy"] = _arm([r.seen for r in per_seed], eval_cfg)
-        row["seen_per_mat"] = per_seed[0].seen.results["per_mat"]
-    rivals = [row["baseline"][metric]] + ([row["baseline_plus"][metric]] if "baseline_plus" in row else [])
-    # The paper's apparent rule (Table 3): CG helps when Trained beats both Baseline and Baseline+
-    # (for a detection target, on cIoU: Table 5 reports cIoU gains).
+        arms["baseline_plus"] = [r.baseline_plus for r in per_seed]
+    row.update(compare_arms(arms, seeds, metric, eval_cfg))
     # Tables 4, 5, 7, 8 and 15 report only this: Trained minus the untrained model
     row["gain"] = float(row["trained"][metric] - row["baseline"][metric])
-    row["cg_helps"] = bool(row["trained"][metric] > max(rivals))
-    row["cg_helps_beyond_ci"] = bool(row["trained"]["ci95"][0] > max(rivals))
+    if all(r.seen is not None for r in per_seed):
+        row["seen_accuracy"] = seen_arm([r.seen for r in per_seed], seeds, eval_cfg)
+        row["seen_per_mat"] = per_seed[0].seen.results["per_mat"]
+    second = _second_method_arms(run, seeds)
+    if second:
+        row["second_method"] = {
+            "method": _method(second["trained"]),
+            **compare_arms(second, seeds, metric, eval_cfg),
+        }
+    if run.related.test_set_warnings:
+        row["test_set_warnings"] = run.related.test_set_warnings
     if run.spec.paper:
         row["paper"] = dict(run.spec.paper)
+    if run.spec.note:  # e.g. a two-element row of Table 10, a scaling arm that cannot reach the cap
+        row["note"] = run.spec.note
     if run.baseline_few_shot is not None:
         row["few_shot"] = few_shot_block(run, seeds)
     return row
@@ -174,10 +252,50 @@ def few_shot_markdown(rows: list[dict]) -> list[str]:
 
 
 def _pct(x: dict | None, metric: str = "accuracy") -> str:
+    """An arm's cell in %: the mean, each seed's value when there are several, [95% interval]."""
     if not x:
         return "-"
     lo, hi = x["ci95"]
-    return f"{100 * x[metric]:.1f} [{100 * lo:.0f}-{100 * hi:.0f}]"
+    seeds = x.get("per_seed") or []
+    each = " (" + ", ".join(f"{100 * v:.1f}" for v in seeds) + ")" if len(seeds) > 1 else ""
+    return f"{100 * x[metric]:.1f}{each} [{100 * lo:.0f}-{100 * hi:.0f}]"
+
+
+def _p_text(comparison: dict) -> str:
+    p = comparison["p_value"]
+    if p is None:
+        return "untested (eval.bootstrap=0)"
+    if p == 0:  # no replicate reached 0: the p-value is below what the replicates resolve
+        return f"p < {2 / comparison['replicates']:.2g}"
+    return f"p {p:.3f}"
+
+
+def _difference(comparison: dict | None) -> str:
+    """A paired difference in points: ``+6.0 [-1.2, +13.1], p 0.110``."""
+    if not comparison:
+        return "-"
+    lo, hi = comparison["ci95"]
+    return f"{100 * comparison['difference']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}], {_p_text(comparison)}"
+
+
+def _yes_no(verdict: bool | None) -> str:
+    return "-" if verdict is None else ("yes" if verdict else "no")
+
+
+def _method_cell(row: dict) -> str:
+    """The evaluation method of the arms: one name when they agree, else one per arm."""
+    methods = {label: row[key]["method"].replace("_", " ") for key, label in _ARMS if row.get(key)}
+    if len(set(methods.values())) == 1:
+        return next(iter(methods.values()))
+    return "; ".join(f"{label}: {method}" for label, method in methods.items())
+
+
+def _unparsed_cell(row: dict) -> str:
+    """Unparsed answers per run, Baseline / Baseline+ / Trained ('-' when no arm generated)."""
+    arms = [row.get(key) for key, _ in _ARMS]
+    if not any(a and "generation" in a["method"] for a in arms):
+        return "-"
+    return " / ".join(", ".join(str(n) for n in a["unparsed_per_run"]) if a else "-" for a in arms)
 
 
 _TABLE3_KEYS = ("baseline", "baseline_plus", "trained")
@@ -200,8 +318,12 @@ _TABLE_HEAD = [
     "Baseline+",
     "Trained",
     "CG helps",
+    "Significant",
+    "Trained - Baseline+ (paired)",
     "Seen (Trained)",
-    "Gain (Trained - Baseline)",
+    "Gain: Trained - Baseline (paired)",
+    "Method",
+    "Unparsed (B / B+ / T)",
 ]
 
 
@@ -211,19 +333,63 @@ def table_lines(rows: list[dict], with_paper: bool) -> list[str]:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         metric = r.get("metric", "accuracy")
+        compared = r["paired"]
+        target = r["target"] + (" (cIoU)" if metric == "ciou" else "")
         cells = [
             " + ".join(r["related"]),
-            r["target"] + (" (cIoU)" if metric == "ciou" else ""),
+            target + (" †" if r.get("test_set_warnings") else ""),
             _pct(r["baseline"], metric),
             _pct(r.get("baseline_plus"), metric),
             _pct(r["trained"], metric),
-            "yes" if r["cg_helps"] else "no",
+            _yes_no(r["cg_helps"]),
+            _yes_no(r["cg_helps_significant"]),
+            _difference(compared.get("baseline_plus")),
             _pct(r.get("seen_accuracy")),
-            f"{100 * r['gain']:+.1f}",
+            _difference(compared.get("baseline")),
+            _method_cell(r),
+            _unparsed_cell(r),
         ]
         if with_paper:
             cells.append(_paper_cell(r.get("paper") or {}))
         lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def methods_markdown(rows: list[dict]) -> list[str]:
+    """Per target evaluated by both methods: each arm under each method, side by side."""
+    lines: list[str] = []
+    for r in rows:
+        second = r.get("second_method")
+        if not second:
+            continue
+        metric = r.get("metric", "accuracy")
+        first_name, second_name = _method_cell(r), _method_cell(second)
+        lines += [
+            "",
+            f"{r['target']} by both evaluation methods ({_LABELS[metric]} %; unparsed answers per run):",
+            "",
+            f"| | {first_name} | {second_name} | Unparsed ({first_name}) | Unparsed ({second_name}) |",
+            "|---|---|---|---|---|",
+        ]
+        for key, label in _ARMS:
+            if r.get(key):
+                unparsed = [
+                    ", ".join(map(str, (x.get(key) or {}).get("unparsed_per_run", []))) for x in (r, second)
+                ]
+                lines.append(
+                    f"| {label} | {_pct(r[key], metric)} | {_pct(second.get(key), metric)} | "
+                    f"{unparsed[0]} | {unparsed[1]} |"
+                )
+        lines += [
+            f"| CG helps | {_yes_no(r['cg_helps'])} | {_yes_no(second['cg_helps'])} | | |",
+            f"| Significant | {_yes_no(r['cg_helps_significant'])} | {_yes_no(second['cg_helps_significant'])} | | |",
+        ]
+        for rival, label in (("baseline_plus", "Trained - Baseline+"), ("baseline", "Trained - Baseline")):
+            if rival in r["paired"]:
+                lines.append(
+                    f"| {label} | {_difference(r['paired'][rival])} | "
+                    f"{_difference(second['paired'].get(rival))} | | |"
+                )
     return lines
 
 
@@ -232,11 +398,23 @@ def note_lines(rows: list[dict], cg: CGConfig, with_paper: bool) -> list[str]:
     seeds = rows[0]["seeds"] if rows else []
     notes = [
         "",
-        "Accuracy in %, [95% bootstrap interval]. Baseline = the model before training; Baseline+ = trained on "
-        "Unrelated subsets (no shared MAT element), as many samples as the Related data; Trained = trained on the "
-        f"Related combination only. Seeds: {seeds}. CG helps = Trained > max(Baseline, Baseline+). Gain = "
-        "Trained - Baseline in points (what Tables 4, 5, 7, 8 and 15 report).",
+        "Accuracy in %: the mean over seeds, (each seed's value, with several seeds), [95% interval]. Baseline = "
+        "the model before training (one run: it does not depend on the seed); Baseline+ = trained on Unrelated "
+        "subsets (no shared MAT element), as many samples as the Related data; Trained = trained on the Related "
+        f"combination only. Seeds: {seeds}.",
+        f"Intervals: {INTERVAL_METHOD}.",
+        "CG helps = the paper's rule on point estimates: Trained > max(Baseline, Baseline+). Significant = Trained "
+        f"above both in the paired comparison: {SIGNIFICANCE}. The paired columns give the difference in points "
+        "[95% interval], p; Gain = Trained - Baseline (what Tables 4, 5, 7, 8 and 15 report).",
+        "Method = each arm's evaluation method as its results.json records it. Unparsed = answers that could not "
+        "be read, counted wrong, per run (Baseline / Baseline+ per seed / Trained per seed); '-' when every arm "
+        "scored options (always a letter).",
     ]
+    if any(len(r["seeds"]) == 1 for r in rows):
+        notes.append(
+            "With one seed the intervals cover question sampling only: the seed-to-seed spread needs more seeds "
+            "(cg.seeds)."
+        )
     if with_paper:
         notes.append(
             "Paper = the paper's Baseline / Baseline+ / Trained, then any other number it gives for the row."
@@ -245,19 +423,23 @@ def note_lines(rows: list[dict], cg: CGConfig, with_paper: bool) -> list[str]:
         notes.append(
             "Targets marked (cIoU) are detection subsets: their Baseline / Baseline+ / Trained cells are cIoU in % "
             "(cumulative IoU = sum of intersections / sum of unions over the test set, the paper's Table 5 metric), "
-            "with a 95% bootstrap interval of cIoU, and CG helps compares cIoU. Boxes are generated (whatever "
-            "eval.method says) and read as {<x1><y1><x2><y2>} on a 0-100 grid; an unreadable answer counts as no box. "
-            "Their Seen column stays accuracy (a detection counts as right at IoU >= 0.5)."
+            "with a 95% interval of cIoU, and CG helps and the paired differences compare cIoU. Boxes are generated "
+            "(whatever eval.method says) and read as {<x1><y1><x2><y2>} on a 0-100 grid; an unreadable answer counts "
+            "as no box. Their Seen column stays accuracy (a detection counts as right at IoU >= 0.5)."
         )
+    notes += [f"† {warning}" for r in rows for warning in r.get("test_set_warnings", [])]
+    notes += [f"{r['name']} ({r['target']}): {r['note']}" for r in rows if r.get("note")]
     if cg.note:
         notes.append(cg.note)
     return notes
 
 
 def markdown(rows: list[dict], cg: CGConfig) -> str:
-    """``cg_report.md``: the table, its notes, then the few-shot tables."""
+    """``cg_report.md``: the table, its notes, both methods side by side (where both ran), then the
+    few-shot tables."""
     with_paper = any("paper" in r for r in rows)
-    lines = table_lines(rows, with_paper) + note_lines(rows, cg, with_paper) + few_shot_markdown(rows)
+    lines = table_lines(rows, with_paper) + note_lines(rows, cg, with_paper)
+    lines += methods_markdown(rows) + few_shot_markdown(rows)
     return "\n".join(lines) + "\n"
 
 
@@ -282,7 +464,7 @@ def bar_plot(runs: list[TargetRun], rows: list[dict], out: Path) -> str:
                 a, v = r[key], _value(r[key], r.get("metric", "accuracy"))
                 xs.append(i + (k - 1) * width)
                 ys.append(100 * v)
-                # clipped at 0: a pooled interval need not contain a mean over seeds
+                # clipped at 0: a percentile interval need not contain the mean over seeds
                 lo.append(max(0.0, 100 * (v - a["ci95"][0])))
                 hi.append(max(0.0, 100 * (a["ci95"][1] - v)))
         ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, label=label)
@@ -362,7 +544,16 @@ def plots(runs: list[TargetRun], rows: list[dict], out: Path) -> list[str]:
 def write_report(runs: list[TargetRun], cg: CGConfig, run_dir: Path, eval_cfg: EvalConfig) -> dict[str, Any]:
     """Write ``cg_report.json``, ``cg_report.md`` (printed too) and the plots; returns the document."""
     rows = [target_row(run, eval_cfg) for run in runs]
-    doc = {"format": "cgmed-cg-report/1", "targets": rows, "note": cg.note, "eval_method": eval_cfg.method}
+    doc = {
+        "format": "cgmed-cg-report/2",
+        "targets": rows,
+        "note": cg.note,
+        # what the evaluations did, from their results.json (not what the config asks for now)
+        "methods": sorted({r[key]["method"] for r in rows for key, _ in _ARMS if r.get(key)}),
+        "interval_method": INTERVAL_METHOD,
+        "significance": SIGNIFICANCE,
+        "warnings": [warning for r in rows for warning in r.get("test_set_warnings", [])],
+    }
     if any(r.get("metric") == "ciou" for r in rows):
         doc["detection_eval"] = "generation; boxes parsed as {<x1><y1><x2><y2>} (0-100); headline metric cIoU"
     (run_dir / "cg_report.json").write_text(json.dumps(doc, indent=1) + "\n")
@@ -375,8 +566,9 @@ def write_report(runs: list[TargetRun], cg: CGConfig, run_dir: Path, eval_cfg: E
     return doc
 
 
-def print_plan(runs: list[TargetRun]) -> None:
-    """The dry run's account: per target, the subsets and sample counts of each split."""
+def print_plan(runs: list[TargetRun], details: dict[str, list[str]] | None = None) -> None:
+    """The dry run's account: per target, the subsets and sample counts of each split, then its
+    ``details`` lines (the arms' recipes, :func:`cgmed.cg.recipe.target_lines`)."""
     for run in runs:
         rel = run.related
         print(f"target {run.name}: {subset_title(run.target)}")
@@ -393,4 +585,6 @@ def print_plan(runs: list[TargetRun]) -> None:
                 f"  Baseline+ on (Unrelated): {', '.join(_titles(un))}  ->  "
                 f"{un.sizes['train']} samples; audit {'passed' if un.audit_passed else 'FAILED'}"
             )
+        for line in (details or {}).get(run.name, []):
+            print(line)
     print("dry run: nothing trained")

@@ -54,6 +54,11 @@ class SplitSummary:
     def audit_passed(self) -> bool:
         return bool(self.meta["audit"]["passed"])
 
+    @property
+    def test_set_warnings(self) -> list[str]:
+        """The build's warnings about its targets' test sets (too few questions to tell arms apart)."""
+        return [info["warning"] for info in (self.meta.get("test_sets") or {}).values() if "warning" in info]
+
     def manifest(self, name: str) -> Path:
         """``train``, ``test``, ``seen_test`` or ``shots`` -> its ``.jsonl`` file."""
         return self.directory / f"{name}.jsonl"
@@ -74,6 +79,15 @@ class Evaluation:
     def predictions(self) -> Path:
         return self.directory / "predictions.jsonl"
 
+    @property
+    def method(self) -> str:
+        """How the answers were read, as ``results.json`` records it (``option_scoring``,
+        ``generation``, ``... (circular)``); boxes are always generated. ``unrecorded`` for a
+        results.json written before evaluations said so."""
+        if self.results.get("detection") and self.overall.get("n_det") == self.overall.get("n"):
+            return str(self.results["detection"]["method"])
+        return str(self.results.get("method", "unrecorded"))
+
 
 @dataclass
 class SeedRun:
@@ -83,6 +97,8 @@ class SeedRun:
     baseline_plus: Evaluation | None = None  # the size-matched Unrelated control, same test set
     seen: Evaluation | None = None  # Trained on the test sets of the subsets it trained on
     trained_few_shot: dict[str, list[Evaluation]] | None = None  # shots per label -> one per draw
+    # "trained" / "baseline_plus" -> its evaluation on the target by the second method (cg.second_method)
+    second_method: dict[str, Evaluation] = field(default_factory=dict)
 
 
 @dataclass
@@ -95,6 +111,7 @@ class TargetRun:
     unrelated: SplitSummary | None = None
     baseline: Evaluation | None = None  # the base model on the target's test set
     baseline_few_shot: dict[str, list[Evaluation]] | None = None
+    baseline_second_method: Evaluation | None = None  # the base model by the second method
     seeds: dict[int, SeedRun] = field(default_factory=dict)
 
     @property

@@ -103,6 +103,7 @@ SPLIT_DATA_KEYS = (
     "task_merge",
     "derived",
     "keep_derived_sources",
+    "hf",  # format=hf: which datasets, columns and splits make the subsets
 )
 CHECK_ONLY_SPLIT_KEYS = ("audit_images",)  # switch a check, change no sample
 
