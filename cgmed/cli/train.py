@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cgmed.cli.hydra_app import app_config, resolved, run_app, run_dir
+from cgmed.data.imaging import ImageConfig
 from cgmed.data.source import DataConfig
 from cgmed.train.config import DistributedConfig, ModelConfig, PeftConfig, TrainConfig
 
@@ -29,6 +30,7 @@ class TrainApp:
     train: TrainConfig = field(default_factory=TrainConfig)
     peft: PeftConfig = field(default_factory=PeftConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    image: ImageConfig = field(default_factory=ImageConfig)
 
 
 def job(cfg: Any) -> None:
@@ -38,7 +40,14 @@ def job(cfg: Any) -> None:
     out = Path(app.train.output_dir).expanduser() if app.train.output_dir else run_dir()
     out.mkdir(parents=True, exist_ok=True)
     result = train(
-        app.model, app.train, app.peft, app.distributed, app.data.train_manifest, out, resolved(cfg)
+        app.model,
+        app.train,
+        app.peft,
+        app.distributed,
+        app.data.train_manifest,
+        out,
+        resolved(cfg),
+        image=app.image,
     )
     if int(os.environ.get("RANK", "0")) == 0:
         state = "stopped early (resume with train.resume=auto)" if result.stopped_early else "finished"

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cgmed.compat import forget_hf_deepspeed_config
+from cgmed.data.imaging import ImageConfig
 from cgmed.train import checkpoint as ckpt
 from cgmed.train.config import DistributedConfig, ModelConfig, PeftConfig, TrainConfig
 from cgmed.train.files import atomic_write_text
@@ -48,13 +49,15 @@ def train(
     output_dir: Path,
     resolved_config: dict[str, Any] | None = None,
     eval_manifests: dict[str, str] | None = None,
+    image: ImageConfig | None = None,
 ) -> TrainResult:
     """Fine-tune ``model_cfg.path`` on ``train_manifest``; writes checkpoints, metrics and ``final/``.
 
     ``resolved_config`` is written to ``resolved_config.json`` and handed to wandb;
-    ``eval_manifests`` (name -> test manifest) are scored every ``train.eval_every`` steps.
+    ``eval_manifests`` (name -> test manifest) are scored every ``train.eval_every`` steps;
+    ``image`` converts the images (the ``image`` group; its defaults when None).
     """
-    run = setup_run(model_cfg, train_cfg, peft_cfg, dist_cfg, train_manifest, output_dir)
+    run = setup_run(model_cfg, train_cfg, peft_cfg, dist_cfg, train_manifest, output_dir, image)
     try:
         metrics = open_metrics(run, resolved_config)
         progress = progress_bar(run)
@@ -103,7 +106,7 @@ def run_steps(
         if eval_manifests and cfg.eval_every and (step % cfg.eval_every == 0 or step == run.total_steps):
             curve_dir = run.output_dir / "curve" / f"step-{step:06d}"
             point = evaluate_during_training(
-                run.accelerator, run.model, run.processor, run.adapter, eval_manifests, curve_dir
+                run.accelerator, run.model, run.processor, run.adapter, eval_manifests, curve_dir, run.image
             )
             metrics.log(step, point)
         if cfg.save_every and step % cfg.save_every == 0 and step < run.total_steps:
@@ -179,7 +182,13 @@ def progress_bar(run: TrainingRun) -> Any:
 
 
 def evaluate_during_training(
-    accelerator: Any, model: Any, processor: Any, adapter: Any, manifests: dict[str, str], out: Path
+    accelerator: Any,
+    model: Any,
+    processor: Any,
+    adapter: Any,
+    manifests: dict[str, str],
+    out: Path,
+    image: ImageConfig | None = None,
 ) -> dict[str, float]:
     """Option-scoring accuracy of the current weights on each manifest (a point of a CG learning curve)."""
     from cgmed.eval.run import evaluate
@@ -190,7 +199,12 @@ def evaluate_during_training(
     values = {}
     for name, manifest in manifests.items():
         doc = evaluate(
-            "(training)", EvalConfig(bootstrap=0), manifest, out / name, model=(inner, processor, adapter)
+            "(training)",
+            EvalConfig(bootstrap=0),
+            manifest,
+            out / name,
+            model=(inner, processor, adapter),
+            image=image,
         )
         values[f"eval/{name}/accuracy"] = doc["overall"]["accuracy"]
     inner.train()

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cgmed.data.imaging import ImageConfig
 from cgmed.errors import CgmedError, ConfigError
 from cgmed.models.collate import Collator
 from cgmed.models.registry import BackboneAdapter
@@ -72,6 +73,7 @@ class TrainingRun:
     lock: RunLock | None = None  # the run directory's lock, held by the main process
     # the kernels and loader settings this launch resolved (attention, optimizer, precision ...)
     backend: dict[str, Any] = field(default_factory=dict)
+    image: ImageConfig | None = None  # how images are converted (the image group), for evaluation too
 
     @property
     def world(self) -> int:
@@ -132,6 +134,7 @@ def setup_run(
     dist_cfg: DistributedConfig,
     train_manifest: str | None,
     output_dir: Path,
+    image: ImageConfig | None = None,
 ) -> TrainingRun:
     """Build (and, with ``train.resume``, restore) everything a run needs; see the module docstring.
 
@@ -146,7 +149,9 @@ def setup_run(
     lock = acquire_on_main(output_dir, "cgmed-train", accelerator)
     try:
         start = plan_start(accelerator, train_cfg, dataset, output_dir)
-        run = build_run(model_cfg, train_cfg, peft_cfg, adapter, accelerator, dataset, output_dir, start)
+        run = build_run(
+            model_cfg, train_cfg, peft_cfg, adapter, accelerator, dataset, output_dir, start, image
+        )
     except BaseException:
         if lock is not None:
             lock.release()
@@ -190,6 +195,7 @@ def build_run(
     dataset: ManifestDataset,
     output_dir: Path,
     start: RunStart,
+    image: ImageConfig | None = None,
 ) -> TrainingRun:
     """Seed, load the model, set its training mode, plan the batches, build the optimizer and
     schedule, prepare them with accelerate, and restore ``start``'s checkpoint."""
@@ -202,7 +208,7 @@ def build_run(
     model, processor = load_model(model_cfg, peft_cfg, adapter)
     attention = getattr(model.config, "_attn_implementation", None) or model_cfg.attn_implementation
     model = apply_training_mode(model, adapter, peft_cfg, train_cfg)
-    collator = Collator(adapter, processor, train_cfg.max_length, train_cfg.on_overflow)
+    collator = Collator(adapter, processor, train_cfg.max_length, train_cfg.on_overflow, image=image)
     lengths = text_lengths(dataset, collator) if train_cfg.group_by_length else None
     global_micro_batch = train_cfg.per_device_batch_size * accelerator.num_processes
     plan = BatchPlan(lengths, len(dataset), global_micro_batch, train_cfg.seed)
@@ -227,6 +233,7 @@ def build_run(
         lora=lora,
         deepspeed=accelerator.distributed_type.value == "DEEPSPEED",
         identity=start.identity,
+        image=collator.image,
     )
     run.backend = backend_record(model_cfg, train_cfg, attention, impl, accelerator.device.type)
     if start.checkpoints:
