@@ -3,7 +3,9 @@
     cgmed-eval model.path=RUN/final data.test_manifest=SPLIT/test.jsonl [eval.method=generation eval.circular=true]
 
 Writes ``predictions.jsonl`` and ``results.json`` (accuracy per subset and per MAT combination with
-sample counts, chance level and bootstrap 95% intervals) in the run directory.
+sample counts, chance level and bootstrap 95% intervals) in the run directory. A model directory
+is checked before it loads (missing weights, processor or tokenizer files are named), and a question
+whose image cannot be read is scored wrong up to ``eval.max_bad_images`` (default 0: stop).
 """
 
 from __future__ import annotations
@@ -55,25 +57,35 @@ def job(cfg: Any) -> None:
 
 
 def summary_lines(doc: dict[str, Any]) -> str:
-    """The console summary: accuracy (and cIoU when there are detection rows) overall and per MAT."""
+    """The console summary: accuracy (and cIoU when there are detection rows) overall and per MAT,
+    with the 95% interval or "no interval" (``eval.bootstrap=0``), and the unreadable images."""
     o = doc["overall"]
     lines = []
     shots = doc.get("shots")
     if shots:
         lines.append(f"{shots['per_label']}-shot per label (draw {shots['seed']}) from {shots['pool']}")
     lines.append(
-        f"accuracy {o['accuracy']:.4f} (95% CI {o['ci95'][0]:.4f}-{o['ci95'][1]:.4f}) on {o['n']} samples, "
+        f"accuracy {o['accuracy']:.4f} ({_interval(o['ci95'])}) on {o['n']} samples, "
         f"chance {o['chance']:.3f}; unparsed {doc['unparsed']}"
     )
+    if doc.get("bad_images"):
+        lines.append(
+            f"{doc['bad_images']} unreadable images scored wrong (eval.max_bad_images={doc['max_bad_images']}); "
+            "their rows in predictions.jsonl have bad_image: true"
+        )
     if o.get("n_det"):
         lines.append(
-            f"cIoU {o['ciou']:.4f} (95% CI {o['ciou_ci95'][0]:.4f}-{o['ciou_ci95'][1]:.4f}) on {o['n_det']} "
+            f"cIoU {o['ciou']:.4f} ({_interval(o['ciou_ci95'])}) on {o['n_det']} "
             f"detection samples; mean IoU {o['mean_iou']:.4f}, accuracy = IoU >= 0.5"
         )
     for k, v in doc["per_mat"].items():
         det = f"  cIoU {v['ciou']:.4f}" if v.get("n_det") else ""
         lines.append(f"  {k:<28} {v['accuracy']:.4f}  n={v['n']}{det}")
     return "\n".join(lines)
+
+
+def _interval(ci: list[float] | None) -> str:
+    return "no interval (eval.bootstrap=0)" if ci is None else f"95% CI {ci[0]:.4f}-{ci[1]:.4f}"
 
 
 def main() -> None:

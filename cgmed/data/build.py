@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cgmed.atomic import atomic_write_bytes
 from cgmed.config import as_dict
 from cgmed.data.audit import AuditReport, audit_split, record_overlaps
 from cgmed.data.boxes import format_box
@@ -56,6 +57,7 @@ from cgmed.errors import ConfigError, DataError
 log = logging.getLogger(__name__)
 MANIFESTS = ("train", "test", "seen_test", "shots")
 OPTIONAL_MANIFESTS = ("shots",)  # written only when asked for (split.shots_per_label)
+SPLIT_META = "split_meta.json"  # written last: a split with it is complete
 # synth switches whose false value adds nothing to the world: kept out of its cache key, so a
 # world has one folder whether or not its config spells them (and from before they existed)
 SYNTH_SWITCHES_OFF_BY_DEFAULT = ("medmat_detection", "medmat_multi_label")
@@ -379,19 +381,18 @@ def _counts(samples: list[Sample]) -> dict[str, dict[str, int]]:
     return {sid: dict(sorted(c.items())) for sid, c in sorted(out.items())}
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
-
-
 def write_split(
     built: BuiltSplit, out_dir: str | Path, config: Mapping[str, Any], source: Source
 ) -> dict[str, Any]:
-    """Write the manifests and ``split_meta.json``; returns the meta dict."""
+    """Write the manifests and ``split_meta.json``; returns the meta dict.
+
+    Every file is written atomically (:mod:`cgmed.atomic`), and ``split_meta.json``, which
+    ``cgmed-cg`` takes as the mark of a finished split, is removed first and written last: a
+    write that stops half-way leaves no split that passes for finished.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    (out / SPLIT_META).unlink(missing_ok=True)
     digests = {}
     content = hashlib.sha256()
     names = [n for n in MANIFESTS if n not in OPTIONAL_MANIFESTS or n in built.asked]
@@ -401,7 +402,7 @@ def write_split(
     for name in names:
         samples = getattr(built, name)
         blob = "".join(json.dumps(s.to_json(), ensure_ascii=False) + "\n" for s in samples).encode("utf-8")
-        _atomic_write(out / f"{name}.jsonl", blob)
+        atomic_write_bytes(out / f"{name}.jsonl", blob)
         digests[f"{name}.jsonl"] = hashlib.sha256(blob).hexdigest()
         content.update(blob)
     subsets = source.subsets()
@@ -420,8 +421,8 @@ def write_split(
         "files": digests,
         "content_hash": content.hexdigest(),
     }
-    _atomic_write(
-        out / "split_meta.json", (json.dumps(meta, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
+    atomic_write_bytes(
+        out / SPLIT_META, (json.dumps(meta, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
     )
     return meta
 

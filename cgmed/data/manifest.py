@@ -1,7 +1,8 @@
 """JSON-lines files of the pipeline (manifests, predictions, metrics): one reader, one writer.
 
 Every ``*.jsonl`` that cgmed writes and reads back goes through here, so a malformed line is
-always reported the same way: the file and line number, and what to do about it.
+always reported the same way: the file and line number, and what to do about it. Files that a
+later stage reads back are written atomically (``write_jsonl(..., atomic=True)``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from cgmed.atomic import atomic_file
 from cgmed.errors import DataError
 
 
@@ -47,10 +49,15 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return list(iter_jsonl(path))
 
 
-def write_jsonl(path: str | Path, records: Iterable[Mapping[str, Any]]) -> int:
-    """Write ``records`` one per line (UTF-8, keys in their order); returns how many."""
+def write_jsonl(path: str | Path, records: Iterable[Mapping[str, Any]], *, atomic: bool = False) -> int:
+    """Write ``records`` one per line (UTF-8, keys in their order); returns how many.
+
+    ``atomic``: write through a temporary file renamed over ``path`` at the end
+    (:func:`cgmed.atomic.atomic_file`), for files a later stage reads back: an error while
+    writing, in ``records`` too, leaves the old file as it was, and a full disk is named.
+    """
     n = 0
-    with open(path, "w", encoding="utf-8") as fh:
+    with atomic_file(path) if atomic else open(path, "w", encoding="utf-8") as fh:
         for record in records:
             fh.write(json.dumps(record, ensure_ascii=False) + "\n")
             n += 1

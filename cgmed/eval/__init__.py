@@ -6,6 +6,8 @@
   generation) and the prediction rows;
 - :mod:`cgmed.eval.metrics`: accuracy with bootstrap intervals, overall, per subset and per MAT
   combination, and cIoU for detection rows;
+- :mod:`cgmed.eval.model_dir`: the files a model or LoRA adapter directory needs, checked before loading;
+- :mod:`cgmed.eval.bad_images`: unreadable test images, scored wrong up to ``eval.max_bad_images``;
 - :mod:`cgmed.eval.run`: :func:`evaluate`, the sharded evaluation behind ``cgmed-eval``.
 """
 

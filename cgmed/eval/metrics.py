@@ -76,7 +76,7 @@ def summary(rows: Sequence[Mapping[str, Any]], n_boot: int, seed: int) -> dict[s
     cls = [r for r in rows if not is_detection_row(r)] if det else rows
     # A box has no chance level: a group of detection rows only gets NaN, as an empty group does.
     chance = float(np.mean([1.0 / max(1, len(r["options"])) for r in cls])) if cls else float("nan")
-    unparsed = sum(1 for r in rows if r.get("pred") is None)
+    unparsed = sum(1 for r in rows if is_unparsed(r))
     out = {
         "accuracy": float(np.mean(correct)) if rows else float("nan"),
         "n": len(rows),
@@ -88,6 +88,12 @@ def summary(rows: Sequence[Mapping[str, Any]], n_boot: int, seed: int) -> dict[s
     if det:
         out.update(detection_summary(det, n_boot, seed))
     return out
+
+
+def is_unparsed(row: Mapping[str, Any]) -> bool:
+    """An answer that could not be read; a question whose image could not be read (``bad_image``)
+    got no answer at all and is counted apart (``bad_images`` in results.json)."""
+    return row.get("pred") is None and not row.get("bad_image")
 
 
 def mat_key(row: Mapping[str, Any]) -> str:
@@ -109,8 +115,8 @@ def results(predictions: Iterable[Mapping[str, Any]], n_boot: int = 1000, seed: 
             k: {**summary(v, n_boot, seed), "mat": mat_key(v[0])} for k, v in sorted(by_subset.items())
         },
         "per_mat": {k: summary(v, n_boot, seed) for k, v in sorted(by_mat.items())},
-        "unparsed": sum(1 for r in rows if r.get("pred") is None),
+        "unparsed": sum(1 for r in rows if is_unparsed(r)),
         "unparsed_reasons": dict(
-            sorted(Counter(r["parse"] for r in rows if r.get("pred") is None and "parse" in r).items())
+            sorted(Counter(r["parse"] for r in rows if is_unparsed(r) and "parse" in r).items())
         ),
     }

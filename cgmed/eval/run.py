@@ -10,9 +10,17 @@ import json
 from pathlib import Path
 from typing import Any
 
+from cgmed.atomic import atomic_write_text
 from cgmed.data.boxes import is_detection_row
 from cgmed.data.imaging import ImageConfig
 from cgmed.data.manifest import write_jsonl
+from cgmed.eval.bad_images import (
+    BadImage,
+    bad_image_row,
+    check_bad_image_limit,
+    check_pool_images,
+    find_bad_images,
+)
 from cgmed.eval.metrics import results
 from cgmed.eval.score import (
     DETECTION_IOU,
@@ -23,6 +31,8 @@ from cgmed.eval.score import (
     read_manifest,
     score_records,
 )
+
+NO_INTERVAL = "none (eval.bootstrap=0)"
 
 
 def _shard(n: int, world: int, rank: int) -> range:
@@ -41,9 +51,21 @@ def results_document(
     model_path: str,
     test_manifest: str,
 ) -> dict[str, Any]:
-    """``results.json``: the metrics of ``rows`` and how they were obtained."""
+    """``results.json``: the metrics of ``rows`` and how they were obtained.
+
+    With ``eval.bootstrap=0`` there is no interval: ``ci95`` (and ``ciou_ci95``) are null rather
+    than a zero-width interval, and ``interval`` says so. ``bad_images`` counts the questions
+    scored wrong because their image cannot be read (:mod:`cgmed.eval.bad_images`).
+    """
     doc = results(rows, eval_cfg.bootstrap, eval_cfg.seed)
+    if eval_cfg.bootstrap == 0:
+        _drop_intervals(doc)
+    doc["interval"] = (
+        f"95% percentile bootstrap, {eval_cfg.bootstrap} resamples" if eval_cfg.bootstrap else NO_INTERVAL
+    )
     doc["method"] = eval_cfg.method + (" (circular)" if eval_cfg.circular else "")
+    doc["bad_images"] = sum(1 for r in rows if r.get("bad_image"))
+    doc["max_bad_images"] = eval_cfg.max_bad_images
     if any(is_detection_row(r) for r in records):
         doc["detection"] = {
             "method": "generation",
@@ -58,10 +80,23 @@ def results_document(
     return doc
 
 
+def _drop_intervals(doc: dict[str, Any]) -> None:
+    """Null every group's interval: without resamples there is none to report."""
+    groups = [doc["overall"], *doc["per_subset"].values(), *doc["per_mat"].values()]
+    for group in groups:
+        for key in ("ci95", "ciou_ci95"):
+            if key in group:
+                group[key] = None
+
+
 def _write(out_dir: Path, rows: list[dict[str, Any]], doc: dict[str, Any]) -> None:
+    """``predictions.jsonl``, then ``results.json``, each written atomically. ``results.json``
+    marks a finished evaluation (``cgmed-cg`` reads a directory holding it back instead of
+    evaluating), so an older one goes first: a write that stops half-way leaves none."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_jsonl(out_dir / "predictions.jsonl", rows)
-    (out_dir / "results.json").write_text(json.dumps(doc, indent=1) + "\n")
+    (out_dir / "results.json").unlink(missing_ok=True)
+    write_jsonl(out_dir / "predictions.jsonl", rows, atomic=True)
+    atomic_write_text(out_dir / "results.json", json.dumps(doc, indent=1) + "\n")
 
 
 def evaluate(
@@ -86,17 +121,19 @@ def evaluate(
     from accelerate import PartialState
     from accelerate.utils import gather_object
 
-    records = read_manifest(test_manifest)  # bad manifests fail before the model loads
+    records = read_manifest(test_manifest)  # bad manifests and images fail before the model loads
     pool = ShotPool(eval_cfg.shot_pool, eval_cfg.shots) if eval_cfg.shots else None
     if pool:
         pool.check(records)
+    image = image or ImageConfig()
     state = PartialState(cpu=not torch.cuda.is_available())
+    mine = [records[i] for i in _shard(len(records), state.num_processes, state.process_index)]
+    bad = _screen_images(state, mine, len(records), eval_cfg, image, pool, test_manifest)
     if model is None:
         model = load_for_eval(model_path, family, dtype, eval_cfg.base, **(processor_kwargs or {}))
         model[0].to(state.device)
     scorer = Scorer(*model, method=eval_cfg.method, max_new_tokens=eval_cfg.max_new_tokens, image=image)
-    mine = [records[i] for i in _shard(len(records), state.num_processes, state.process_index)]
-    rows = score_records(scorer, mine, eval_cfg.batch_size, eval_cfg.circular, pool, eval_cfg.shot_seed)
+    rows = _score_readable(scorer, mine, bad, eval_cfg, pool)
     if state.num_processes > 1:
         rows = gather_object(rows)  # rank order = manifest order
     doc = results_document(rows, records, eval_cfg, scorer, pool, model_path, test_manifest)
@@ -105,3 +142,43 @@ def evaluate(
         _write(out_dir, rows, doc)
     state.wait_for_everyone()
     return doc
+
+
+def _screen_images(
+    state: Any,
+    mine: list[dict[str, Any]],
+    total: int,
+    eval_cfg: EvalConfig,
+    image: ImageConfig,
+    pool: ShotPool | None,
+    test_manifest: str,
+) -> list[BadImage]:
+    """The unreadable images of this process's records; stops when the pool has one, or when the
+    whole test set has more than ``eval.max_bad_images``. Every process gets the same count (the
+    shards' findings are gathered), so all of them stop or none does."""
+    from accelerate.utils import gather_object
+
+    if pool:
+        check_pool_images(pool.path, pool.records(), image)
+    bad = find_bad_images(mine, image)
+    everywhere = gather_object(bad) if state.num_processes > 1 else bad
+    check_bad_image_limit(everywhere, total, eval_cfg.max_bad_images, str(test_manifest))
+    return bad
+
+
+def _score_readable(
+    scorer: Scorer,
+    records: list[dict[str, Any]],
+    bad: list[BadImage],
+    eval_cfg: EvalConfig,
+    pool: ShotPool | None,
+) -> list[dict[str, Any]]:
+    """Prediction rows of ``records`` in order: the readable ones scored, the others wrong."""
+    unreadable = {b.position: b for b in bad}
+    readable = [r for i, r in enumerate(records) if i not in unreadable]
+    scored = iter(
+        score_records(scorer, readable, eval_cfg.batch_size, eval_cfg.circular, pool, eval_cfg.shot_seed)
+    )
+    return [
+        bad_image_row(r, unreadable[i]) if i in unreadable else next(scored) for i, r in enumerate(records)
+    ]

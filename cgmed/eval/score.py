@@ -43,6 +43,7 @@ from cgmed.data.imaging import ImageConfig
 from cgmed.data.manifest import iter_jsonl_numbered
 from cgmed.data.record import rng_for
 from cgmed.errors import ConfigError, DataError
+from cgmed.eval.model_dir import check_adapter_dir, check_model_dir
 from cgmed.eval.parse import parse_choice, parse_choice_detail
 from cgmed.models.collate import Collator, load_image, should_add_special_tokens
 from cgmed.models.registry import BackboneAdapter, detect_family, get_adapter
@@ -59,14 +60,27 @@ class EvalConfig:
     batch_size: int = 8
     max_new_tokens: int = 16
     circular: bool = False
-    bootstrap: int = 1000  # resamples for the 95% interval
+    bootstrap: int = 1000  # resamples for the 95% interval (0: no interval)
     seed: int = 0
     base: str | None = None  # base model of a LoRA adapter (default: the one the adapter records)
     shots: int = 0  # in-context examples per label before each question (few-shot prompting)
     shot_pool: str | None = None  # the manifest they come from (a split's shots.jsonl)
     shot_seed: int = 0  # which draw of examples (one repeat of a few-shot evaluation)
+    # questions whose image cannot be read, scored wrong (and kept in the denominator) before the
+    # evaluation stops; 0 stops at the first
+    max_bad_images: int = 0
 
     def __post_init__(self) -> None:
+        if self.bootstrap < 0:
+            raise ConfigError(
+                "eval.bootstrap",
+                f"must be >= 0 (resamples of the 95% interval; 0 = no interval), got {self.bootstrap}",
+            )
+        if self.max_bad_images < 0:
+            raise ConfigError(
+                "eval.max_bad_images",
+                f"must be >= 0 (unreadable images scored wrong before the evaluation stops), got {self.max_bad_images}",
+            )
         if self.shots < 0:
             raise ConfigError("eval.shots", f"must be >= 0, got {self.shots}")
         if self.shots and not self.shot_pool:
@@ -76,9 +90,9 @@ class EvalConfig:
                 "set eval.shot_pool=SPLIT/shots.jsonl (build the split with split.shots_per_label >= eval.shots)",
             )
         if self.batch_size < 1:
-            raise ConfigError("eval.batch_size", "must be >= 1")
+            raise ConfigError("eval.batch_size", f"must be >= 1, got {self.batch_size}")
         if self.max_new_tokens < 1:
-            raise ConfigError("eval.max_new_tokens", "must be >= 1")
+            raise ConfigError("eval.max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
 
 
 def load_for_eval(
@@ -88,17 +102,24 @@ def load_for_eval(
     base: str | None = None,
     **processor_kwargs: Any,
 ) -> tuple[Any, Any, BackboneAdapter]:
-    """A model directory (base, fine-tuned or merged) or a LoRA adapter directory -> (model, processor, adapter)."""
+    """A model directory (base, fine-tuned or merged) or a LoRA adapter directory -> (model, processor, adapter).
+
+    A local directory is checked before anything loads (:mod:`cgmed.eval.model_dir`): a missing
+    weight, processor, tokenizer or chat-template file is a ConfigError naming it.
+    """
     p = Path(str(path)).expanduser()
     if p.is_dir() and (p / "adapter_config.json").is_file():
         from peft import PeftModel
 
+        check_adapter_dir(p)
         base = base or json.loads((p / "adapter_config.json").read_text()).get("base_model_name_or_path")
         if not base:
             raise ConfigError(
                 "eval.base", f"{p} is a LoRA adapter without a recorded base model", "set eval.base=PATH"
             )
         adapter = get_adapter(family or detect_family(base))
+        if Path(base).is_dir():
+            check_model_dir(Path(base), adapter.family)
         model, processor = adapter.load(base, dtype=dtype, **processor_kwargs)
         model = PeftModel.from_pretrained(model, str(p))
         return model.eval(), processor, adapter
@@ -109,6 +130,8 @@ def load_for_eval(
             "point at a model directory, a run's final/ directory, or a merged export",
         )
     adapter = get_adapter(family or detect_family(str(path)))
+    if p.is_dir():
+        check_model_dir(p, adapter.family)
     model, processor = adapter.load(str(path), dtype=dtype, **processor_kwargs)
     return model.eval(), processor, adapter
 
@@ -212,6 +235,10 @@ class ShotPool:
                 )
             label = canonical_label(r.get("label") or r["options"][LETTERS.index(r["answer"])])
             self.by_subset.setdefault(r["subset"], {}).setdefault(label, []).append(r)
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every example of the pool."""
+        return [r for labels in self.by_subset.values() for rows in labels.values() for r in rows]
 
     def check(self, records: Sequence[dict[str, Any]]) -> None:
         """Fail before the model loads if some question cannot get its examples."""
