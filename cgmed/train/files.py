@@ -1,7 +1,7 @@
 """Files of a run that must never be seen half-written: atomic writes, completion markers, disk full.
 
-A file is written to ``.tmp-<name>`` beside its target and renamed over it when complete (a
-rename within one directory is atomic), so a killed process leaves the old file or the new one,
+A file is written under a ``.tmp-`` name beside its target and renamed over it when complete
+(:func:`cgmed.atomic.atomic_write_text`; a rename within one directory is atomic), so a killed process leaves the old file or the new one,
 never a torn one. A directory that is written as a whole (``final/``) carries a completion marker,
 ``cgmed_complete.json``, written last: it lists every file with its size, so later stages can
 tell a complete directory from a partial one, and see a file truncated since. Whatever a killed
@@ -12,34 +12,18 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
+from cgmed.atomic import TEMP_PREFIX, atomic_write_text
 from cgmed.errors import CgmedError
 
-TEMP_PREFIX = ".tmp-"
 COMPLETE_MARKER = "cgmed_complete.json"
 
 
 class DiskFullError(CgmedError):
     """The disk filled up while a run was saving; the partial files are removed."""
-
-
-def temporary_path(path: Path) -> Path:
-    """Where ``path`` is written before it is renamed into place."""
-    return path.with_name(TEMP_PREFIX + path.name)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    tmp = temporary_path(path)
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def remove_temporaries(directory: Path) -> list[Path]:

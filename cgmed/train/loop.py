@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cgmed.atomic import atomic_write_text
 from cgmed.compat import forget_hf_deepspeed_config
 from cgmed.data.imaging import ImageConfig
 from cgmed.train import checkpoint as ckpt
 from cgmed.train.config import DistributedConfig, ModelConfig, PeftConfig, TrainConfig
-from cgmed.train.files import atomic_write_text
 from cgmed.train.metrics import MetricsLogger
 from cgmed.train.run import TrainingError, TrainingRun, setup_run
 from cgmed.train.step import step_metrics, train_step

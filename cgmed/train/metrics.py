@@ -12,8 +12,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from cgmed.atomic import atomic_write_text
 from cgmed.errors import DataError
-from cgmed.train.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 
