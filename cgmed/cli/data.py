@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cgmed.cli.hydra_app import app_config, run_dir, run_subcommands
+from cgmed.data.imaging import ImageConfig
 from cgmed.data.source import DataConfig
 from cgmed.data.split import SplitConfig
 from cgmed.data.synth import SynthConfig
@@ -29,6 +30,7 @@ class DataApp:
     data: DataConfig = field(default_factory=DataConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
+    image: ImageConfig = field(default_factory=ImageConfig)
 
 
 def synth(cfg: Any) -> None:
@@ -66,7 +68,7 @@ def build(cfg: Any) -> None:
 
     app = app_config(cfg, DataApp)
     out = run_dir()
-    meta = build_from_config(app.data, app.split, app.synth, out)
+    meta = build_from_config(app.data, app.split, app.synth, out, image=app.image)
     targets = (
         ", ".join(f"{t['id']} ({t['modality']} {t['area']} {t['task']})" for t in meta["targets"]) or "none"
     )

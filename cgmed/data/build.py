@@ -46,6 +46,7 @@ from cgmed.config import as_dict
 from cgmed.data.audit import AuditReport, audit_split, record_overlaps
 from cgmed.data.boxes import format_box
 from cgmed.data.choices import canonical_label, format_question, instruction, label_parts, make_options
+from cgmed.data.imaging import ImageConfig
 from cgmed.data.record import Sample, rng_for
 from cgmed.data.sampling import balance_rule, sample_balanced_test, sample_shots, sample_train
 from cgmed.data.source import BadSamples, DataConfig, Source, SubsetIndex, open_source
@@ -418,6 +419,8 @@ def write_split(
         "notes": built.notes,
         "audit": built.audit.to_json(),
         "bad_samples": built.bad.summary(),
+        # how images were checked here and must be converted in training (the image group)
+        "image": (source.image_cfg or ImageConfig()).describe(),
         "files": digests,
         "content_hash": content.hexdigest(),
     }
@@ -456,11 +459,16 @@ def resolve_root(data_cfg: DataConfig, synth_cfg: Any | None = None) -> Path:
 
 
 def build_from_config(
-    data_cfg: DataConfig, split_cfg: SplitConfig, synth_cfg: Any, out_dir: str | Path
+    data_cfg: DataConfig,
+    split_cfg: SplitConfig,
+    synth_cfg: Any,
+    out_dir: str | Path,
+    image: ImageConfig | None = None,
 ) -> dict:
-    """Config -> source -> split -> files. The CLI's one call."""
+    """Config -> source -> split -> files. The CLI's one call; ``image`` (the image group) is how
+    the build's image checks convert images, as training will."""
     root = resolve_root(data_cfg, synth_cfg)
-    source = open_source(data_cfg, root)
+    source = open_source(data_cfg, root, image)
     built = build_split(source, data_cfg, split_cfg)
     config = {"data": {**as_dict(data_cfg), "root": str(root)}, "split": as_dict(split_cfg)}
     return write_split(built, out_dir, config, source)
