@@ -87,6 +87,7 @@ class Row:
     paper_also: dict[str, Any] = field(default_factory=dict)  # numbers shown in the title only
     paper_few_shot: dict[str, dict[int, Any]] | None = None
     notes: list[str] = field(default_factory=list)
+    note: str = ""  # cg.targets[i].note: printed beside the row by the dry run and the report
 
 
 @dataclass
@@ -179,7 +180,13 @@ def resolved(row: Row, table3: dict[int, Row], where: str) -> tuple[Row, Row | N
         raise ConfigError(where, f"from_table3: {row.from_table3} is not a Table 3 row", "use 1-43")
     source = table3[row.from_table3]
     paper = {key: source.paper[key] for key in row.paper_from_table3} | dict(row.paper)
-    own = {"name": row.name, "title": row.title, "paper": paper, "paper_few_shot": row.paper_few_shot}
+    own = {
+        "name": row.name,
+        "title": row.title,
+        "paper": paper,
+        "paper_few_shot": row.paper_few_shot,
+        "note": row.note,
+    }
     return replace(source, **own), source
 
 
@@ -280,6 +287,8 @@ def target_node(row: Row, title: str, same_triplet: str, where: str) -> Commente
     entry["paper"] = node(numbers(row.paper), depth=4)
     if row.paper_few_shot:
         entry["paper_few_shot"] = node(numbers(row.paper_few_shot), depth=4)
+    if row.note:
+        entry["note"] = node(str(row.note), depth=4)
     return entry
 
 

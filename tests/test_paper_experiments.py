@@ -40,6 +40,7 @@ VOCAB = Vocabulary()
 # has at least four Unrelated subsets of 24 images, more than its Related pair or triple holds.
 STANDIN = {"images_per_subset": 32, "image_size": 32, "test_fraction": 0.25, "medmat_detection": True}
 TRAIN_PER_SUBSET = 24
+QWEN_BACKBONE = ["model.path=Qwen/Qwen2-VL-7B-Instruct", "model.family=qwen2_vl", "model.max_pixels=802816"]
 
 
 def compose_cfg(overrides: list[str]):
@@ -161,6 +162,10 @@ def test_paper_experiment_plans_on_the_standin(name, standin, tmp_path, capsys):
         extra.append("split.target_train_samples=4")  # 4 samples of the target's own training portion
     if name.startswith("table5"):
         extra = ["split.target_train_samples=4"]
+    if name.startswith("table16"):
+        # the paper's 2-4 examples per label cannot fit LLaVA-1.5's positions: refused as shipped
+        # (tests/test_paper_recipes.py); planned here on a backbone with more positions
+        extra = QWEN_BACKBONE
     run = tmp_path / "run"
     t, doc = dry_run(name, standin, run, extra)
     out = capsys.readouterr().out
@@ -192,7 +197,8 @@ def test_paper_experiment_plans_on_the_standin(name, standin, tmp_path, capsys):
             un = m["unrelated"]
             assert un["audit"]["passed"] and un["sizes"]["train"] == rel["sizes"]["train"]  # size matched
             assert all(not shared_elements(info(x), target, VOCAB) for x in un["train_subsets"])
-            assert "baseline_plus" in spec.paper or name.startswith(("fig5", "fig6"))
+            # Table 5's Baseline+ is not in the paper: the control for its target samples
+            assert "baseline_plus" in spec.paper or name.startswith(("fig5", "fig6", "table5"))
         else:
             assert "unrelated" not in m
 

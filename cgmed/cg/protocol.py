@@ -152,19 +152,19 @@ def run_protocol(app: CGApp, run_dir: Path, dry_run: bool = False) -> dict[str, 
     """The whole protocol; returns the report document (and writes it unless ``dry_run``)."""
     source = open_data(app)
     plans = plan_targets(app.cg, app.split, source)
+    splits = [open_target_splits(app, p, source, run_dir / p.name) for p in plans]
+    if not dry_run:
+        app = with_base_model(app, run_dir)
+    for plan, (related, _) in zip(plans, splits, strict=True):
+        check_few_shot_fits(app, related, plan.target)  # every target, before any model is run
     if dry_run:
-        runs = [
-            TargetRun(p.name, p.spec, *open_target_splits(app, p, source, run_dir / p.name)) for p in plans
-        ]
-        for plan, run in zip(plans, runs, strict=True):
-            check_few_shot_fits(app, run.related, plan.target)
+        runs = [TargetRun(p.name, p.spec, *built) for p, built in zip(plans, splits, strict=True)]
         recipes = {
             p.name: target_lines(app, p.spec, p.target, r.related, r.unrelated, source)
             for p, r in zip(plans, runs, strict=True)
         }
         on_main(lambda: print_plan(runs, recipes))
         return {"dry_run": True, "targets": [p.name for p in plans]}
-    app = with_base_model(app, run_dir)
     runs = [run_target(app, plan, source, run_dir / plan.name) for plan in plans]
     return on_main(lambda: write_report(runs, app.cg, run_dir, app.eval)) or {}
 
@@ -186,7 +186,6 @@ def open_target_splits(
 def run_target(app: CGApp, plan: TargetPlan, source: Any, out: Path) -> TargetRun:
     """Every stage of one target: its splits, the Baseline evaluations, then each seed's models."""
     run = TargetRun(plan.name, plan.spec, *open_target_splits(app, plan, source, out))
-    check_few_shot_fits(app, run.related, plan.target)  # before any model is evaluated or trained
     model_path = app.model.path
     run.baseline = eval_stage(app, model_path, run.related.manifest("test"), out / "baseline" / "eval")
     if app.cg.second_method:

@@ -68,8 +68,16 @@ class Catalog:
         )
 
     def table(self, max_labels: int = 4) -> str:
-        """A fixed-width table, one line per subset."""
-        head = f"{'id':<6}{'modality':<9}{'area':<11}{'task':<12}{'status':<7}{'train':>9}{'test':>8}  labels"
+        """A fixed-width table, one line per subset (columns as wide as their longest value)."""
+        infos = [entry.info for entry in self.subsets.values()]
+        w = {
+            key: max([minimum, *(len(getattr(i, key)) + 1 for i in infos)])
+            for key, minimum in (("id", 6), ("modality", 9), ("area", 11), ("task", 12))
+        }
+        head = (
+            f"{'id':<{w['id']}}{'modality':<{w['modality']}}{'area':<{w['area']}}{'task':<{w['task']}}"
+            f"{'status':<7}{'train':>9}{'test':>8}  labels"
+        )
         lines = [head, "-" * len(head)]
         for entry in self.subsets.values():
             info = entry.info
@@ -78,7 +86,8 @@ class Catalog:
                 f", ... (+{len(names) - max_labels})" if len(names) > max_labels else ""
             )
             lines.append(
-                f"{info.id:<6}{info.modality:<9}{info.area:<11}{info.task:<12}{info.status:<7}"
+                f"{info.id:<{w['id']}}{info.modality:<{w['modality']}}{info.area:<{w['area']}}"
+                f"{info.task:<{w['task']}}{info.status:<7}"
                 f"{entry.train:>9}{entry.test:>8}  "
                 f"[{len(names)}] {shown}"
             )
