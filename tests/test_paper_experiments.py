@@ -405,7 +405,9 @@ def test_a_table3_row_and_a_scaling_arm_run_end_to_end_at_tiny_size(standin, tmp
     assert row["name"] == only and arms <= set(row)
     assert "paper" in row and row["paper"]  # the paper's numbers ride along into the report
     md = (tmp_path / "cg_report.md").read_text()
-    assert "| Gain (Trained - Baseline) | Paper |" in md and f"{100 * row['gain']:+.1f} | " in md
+    assert "| Gain: Trained - Baseline (paired) |" in md and f"{100 * row['gain']:+.1f} " in md
+    # the paper's configs evaluate as the paper does: generation, read and parsed
+    assert doc["methods"] == ["generation"], doc["methods"]
     assert row["gain"] == pytest.approx(row["trained"][metric_of(row)] - row["baseline"][metric_of(row)])
     if name.startswith("table8"):  # the paper gives only a gain: the cell names it
         assert row["paper"] == {"gain": 12.67} and "| gain 12.67 |" in md
