@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+from cgmed.data.imaging import ImageConfig
 from cgmed.data.source import DataConfig
 from cgmed.data.split import SplitConfig
 from cgmed.data.synth import SynthConfig
@@ -193,6 +194,7 @@ class CGApp:
     peft: PeftConfig = field(default_factory=PeftConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    image: ImageConfig = field(default_factory=ImageConfig)
 
     def __post_init__(self) -> None:
         refuse_global_shots(self.eval)

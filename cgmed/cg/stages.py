@@ -67,7 +67,7 @@ def open_data(app: CGApp) -> Any:
         app.distributed
     )  # every rank runs the driver; its barriers use the training process group
     root = on_main(lambda: resolve_root(app.data, app.synth))
-    return open_source(app.data, root or resolve_root(app.data, app.synth))
+    return open_source(app.data, root or resolve_root(app.data, app.synth), app.image)
 
 
 def with_base_model(app: CGApp, run_dir: Path) -> CGApp:
@@ -176,16 +176,28 @@ def train_stage(
     """Train one model of ``app.model`` on ``manifest`` into ``out`` (resuming a half-finished one);
     returns its ``final/`` directory. ``curves`` are the manifests scored every ``cg.curve_every``
     steps."""
+    from cgmed.train.checkpoint import is_complete
     from cgmed.train.loop import train
 
     final = out / "final"
-    if (final / "config.json").is_file() or (final / "adapter_config.json").is_file():
+    # the completion marker, not a file that a killed save may have left behind
+    if is_complete(final):
         log.info("skip (done): %s", out)
         return final
     cfg = dataclasses.replace(
         app.train, seed=seed, resume="auto", output_dir=str(out), eval_every=app.cg.curve_every
     )
-    train(app.model, cfg, app.peft, app.distributed, str(manifest), out, None, eval_manifests=curves)
+    train(
+        app.model,
+        cfg,
+        app.peft,
+        app.distributed,
+        str(manifest),
+        out,
+        None,
+        eval_manifests=curves,
+        image=app.image,
+    )
     _free_memory()
     return final
 
@@ -208,6 +220,7 @@ def eval_stage(
         model.family,
         model.dtype,
         {"min_pixels": model.min_pixels, "max_pixels": model.max_pixels},
+        image=app.image,
     )
     _free_memory()
     return Evaluation(doc, out)
