@@ -100,6 +100,9 @@ class Pilot:
             )
 
 
+REDO_STAGES = ("train", "eval")  # the stages cg.redo may name
+
+
 @dataclass
 class CGConfig:
     """``cg`` group: the held-out targets of a CG run (or the pilot), the seeds, the extra arms."""
@@ -119,10 +122,20 @@ class CGConfig:
     pilot: Pilot | None = None  # run the pilot study (Tables 1-2) instead of cg.targets
     plots: bool = True
     note: str = ""  # printed in the report (e.g. what a warm-up stage did)
+    # stages (train, eval) to redo when their recorded settings differ from this run's, with all
+    # that was made from them; without it such a stage is refused (cgmed.cg.stages)
+    redo: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.seeds:
             raise ConfigError("cg.seeds", "needs at least one seed")
+        unknown = sorted(set(self.redo) - set(REDO_STAGES))
+        if unknown:
+            raise ConfigError(
+                "cg.redo",
+                f"names no stage that can be redone: {unknown}",
+                f"list some of {list(REDO_STAGES)} (a split is redone by deleting its target's folder)",
+            )
         if self.pilot is not None:
             if self.targets:
                 raise ConfigError(

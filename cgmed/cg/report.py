@@ -2,7 +2,8 @@
 the typed results of the stages (:mod:`cgmed.cg.results`).
 
 Every number is recomputed from the evaluations' ``predictions.jsonl``; what each evaluation did
-(its method) comes from its ``results.json``. Per arm: the mean over seeds, each seed's value, a
+(its method) comes from its ``results.json``, and how each trained arm was trained (steps, lr,
+seed) from its training stage's record (``stage.json``), never from the config of the rerun. Per arm: the mean over seeds, each seed's value, a
 95% interval over seeds and questions (:data:`cgmed.cg.stats.INTERVAL_METHOD`), the evaluation
 method and the unparsed answers per run. Trained is compared with Baseline+ and with Baseline
 twice: by the paper's rule on point estimates (``cg_helps``: Trained > max(Baseline, Baseline+))
@@ -26,6 +27,7 @@ import numpy as np
 
 from cgmed.cg.config import CGConfig
 from cgmed.cg.results import Evaluation, SplitSummary, TargetRun, subset_title
+from cgmed.cg.stages import read_stage_record
 from cgmed.cg.stats import (
     ALPHA,
     INTERVAL_METHOD,
@@ -181,6 +183,9 @@ def target_row(run: TargetRun, eval_cfg: EvalConfig) -> dict[str, Any]:
     row.update(compare_arms(arms, seeds, metric, eval_cfg))
     # Tables 4, 5, 7, 8 and 15 report only this: Trained minus the untrained model
     row["gain"] = float(row["trained"][metric] - row["baseline"][metric])
+    for arm in ("trained", "baseline_plus"):
+        if arm in row:
+            row[arm]["training"] = training_used(arms[arm])
     if all(r.seen is not None for r in per_seed):
         row["seen_accuracy"] = seen_arm([r.seen for r in per_seed], seeds, eval_cfg)
         row["seen_per_mat"] = per_seed[0].seen.results["per_mat"]
@@ -199,6 +204,46 @@ def target_row(run: TargetRun, eval_cfg: EvalConfig) -> dict[str, Any]:
     if run.baseline_few_shot is not None:
         row["few_shot"] = few_shot_block(run, seeds)
     return row
+
+
+TRAINING_FACTS = {"max_steps": "train.max_steps", "lr": "train.lr", "seed": "train.seed"}
+
+
+def training_used(evaluations: list[Evaluation]) -> dict[str, list[Any]]:
+    """How the model of each run was trained (per seed: steps, lr, seed), from the records of the
+    evaluation and of the training of the model it evaluated; None where nothing was recorded."""
+    used: dict[str, list[Any]] = {fact: [] for fact in TRAINING_FACTS}
+    for evaluation in evaluations:
+        record = read_stage_record(evaluation.directory) or {}
+        training = None
+        if "model" in record:
+            model_dir = (evaluation.directory / record["model"]).resolve()
+            training = read_stage_record(model_dir.parent)
+        for fact, key in TRAINING_FACTS.items():
+            used[fact].append((training or {}).get(key))
+    return used
+
+
+def _training_text(training: dict[str, list[Any]]) -> str:
+    steps, lrs = set(training["max_steps"]), set(training["lr"])
+    if None in steps or None in lrs:
+        return "not recorded"
+    if len(steps) == 1 and len(lrs) == 1:
+        return f"{steps.pop()} steps at lr {lrs.pop():g}"
+    return "per seed " + ", ".join(
+        f"{s} steps at lr {lr:g}" for s, lr in zip(training["max_steps"], training["lr"], strict=True)
+    )
+
+
+def training_lines(rows: list[dict]) -> list[str]:
+    """Per target, the steps and lr each trained arm was trained with (its records)."""
+    lines = []
+    for r in rows:
+        arms = [(label, r[key]["training"]) for key, label in _ARMS if "training" in (r.get(key) or {})]
+        if arms:
+            used = "; ".join(f"{label} {_training_text(training)}" for label, training in arms)
+            lines.append(f"Trained with ({r['name']}, from each training's stage.json): {used}.")
+    return lines
 
 
 def _accuracies(evaluations: list[Evaluation]) -> dict[str, Any]:
@@ -427,6 +472,7 @@ def note_lines(rows: list[dict], cg: CGConfig, with_paper: bool) -> list[str]:
             "(whatever eval.method says) and read as {<x1><y1><x2><y2>} on a 0-100 grid; an unreadable answer counts "
             "as no box. Their Seen column stays accuracy (a detection counts as right at IoU >= 0.5)."
         )
+    notes += training_lines(rows)
     notes += [f"† {warning}" for r in rows for warning in r.get("test_set_warnings", [])]
     notes += [f"{r['name']} ({r['target']}): {r['note']}" for r in rows if r.get("note")]
     if cg.note:
