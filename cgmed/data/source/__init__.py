@@ -18,9 +18,10 @@ What lives where:
 - ``base``: :class:`Source`, the interface of every reader.
 - ``medmat_records`` / ``medmat``: Med-MAT release records and :class:`MedMatSource`.
 - ``conversation_records`` / ``conversation``: conversation records and :class:`ConversationSource`.
-- ``hf_open`` / ``hf_values`` / ``hf``: opening a Hugging Face dataset, reading its row values and
-  image bytes (into a content-addressed cache), and :class:`HfSource`; rows are indexed by split and
-  row number instead of file and offset.
+- ``hf_open`` / ``hf_rows`` / ``hf_values`` / ``hf``: opening a Hugging Face dataset, reading its
+  split's rows (local Parquet with pyarrow directly), its row values and image bytes (into a
+  content-addressed cache), and :class:`HfSource`; rows are indexed by split and row number
+  instead of file and offset.
 - ``derived``: :class:`DerivedSource`, the subsets of ``data.derived`` on top of another source.
 
 :func:`open_source` picks the reader for ``data.format``.

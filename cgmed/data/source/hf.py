@@ -37,7 +37,6 @@ from cgmed.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 _INDEX_BATCH = 10_000  # rows per Arrow batch while indexing
-_LOAD_CHUNK = 256  # rows per read of image bytes
 
 
 class HfSource(Source):
@@ -168,13 +167,12 @@ class HfSource(Source):
         """``(row, triplet, label, hash key)`` of each usable row of ``part``, in one pass over the
         label and element columns (the hash key, for the 9:1 split, only when no test split is mapped)."""
         entry = self.entries[entry_no]
-        read_label, read_element = self._readers(entry_no, part.dataset.features)
+        read_label, read_element = self._readers(entry_no, part.rows.features)
         element_columns = {kind: getattr(entry.mat_columns, kind) for kind in read_element}
         hashed = part.test is None
         columns = [entry.label_column, *element_columns.values(), *([entry.image_column] if hashed else [])]
-        batches = part.dataset.select_columns(list(dict.fromkeys(columns))).with_format("arrow")
         row = 0
-        for batch in batches.iter(batch_size=_INDEX_BATCH):
+        for batch in part.rows.column_batches(list(dict.fromkeys(columns)), _INDEX_BATCH):
             labels = batch.column(entry.label_column).to_pylist()
             values = {kind: batch.column(column).to_pylist() for kind, column in element_columns.items()}
             paths = _stored_paths(batch.column(entry.image_column)) if hashed else []
@@ -223,7 +221,7 @@ class HfSource(Source):
             entry, opened, part = self._parts[str(index.files[file_no])]
             chosen.sort(key=lambda pos: index.offset[pos])
             rows = [index.offset[pos] for pos in chosen]
-            images = _images_at(part, entry.image_column, rows, describe(entry))
+            images = part.rows.images_at(entry.image_column, rows, f"{describe(entry)}, split {part.split}")
             for pos, image in zip(chosen, images, strict=True):
                 where = f"{describe(entry)}, split {part.split} row {index.offset[pos]}"
                 try:
@@ -280,28 +278,3 @@ def _hash_key(path: str | None, base_dir: Path | None, split: str, row: int) -> 
         if not relative.startswith(".."):
             return Path(relative).as_posix()
     return path
-
-
-def _images_at(part: SplitPart, column: str, rows: list[int], dataset_name: str) -> Iterator[Any]:
-    """The undecoded images of ``rows`` (ascending) of one split: by row number, or by reading a
-    streamed split forward to each."""
-    import datasets
-
-    images = part.dataset.select_columns([column])
-    if not isinstance(images, datasets.IterableDataset):
-        for start in range(0, len(rows), _LOAD_CHUNK):
-            yield from images[rows[start : start + _LOAD_CHUNK]][column]
-        return
-    wanted = iter(rows)
-    next_row = next(wanted, None)
-    for row, record in enumerate(images):
-        while next_row == row:
-            yield record[column]
-            next_row = next(wanted, None)
-        if next_row is None:
-            return
-    raise DataError(
-        f"{dataset_name}, split {part.split}",
-        f"ends before row {next_row}, which it held when it was indexed",
-        "do not change a dataset while a build reads it; run again",
-    )

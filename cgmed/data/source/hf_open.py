@@ -2,9 +2,11 @@
 which of its splits are train and test, and whether the configured columns exist.
 
 The image column is cast to ``Image(decode=False)``: rows then carry the stored bytes (or a file
-path), and nothing is decoded until a split picks the row. Datasets that are not ``save_to_disk``
-folders are read by ``datasets.load_dataset``, which keeps its Arrow copy under
-``data.cache_dir/hf-datasets`` and memory-maps it (or, with ``streaming``, reads the source anew).
+path), and nothing is decoded until a split picks the row. Local Parquet files are read directly
+with pyarrow (``datasets`` only tells which files are which split), so memory stays flat in the row
+count. Other datasets that are not ``save_to_disk`` folders are read by ``datasets.load_dataset``,
+which keeps its Arrow copy under ``data.cache_dir/hf-datasets`` and memory-maps it (or, with
+``streaming``, reads the source anew).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 from PIL import Image as PILImage
 
 from cgmed.data.source.config import HfDataset
+from cgmed.data.source.hf_rows import DatasetsSplit, ParquetSplit, SplitRows
 from cgmed.data.vocab import ELEMENT_KINDS
 from cgmed.errors import ConfigError, DataError
 
@@ -34,7 +37,7 @@ class SplitPart:
 
     split: str
     test: bool | None  # None: no split is mapped to test, the 9:1 hash split decides
-    dataset: Any  # datasets.Dataset or IterableDataset, image column not decoded
+    rows: SplitRows  # its rows, the image column not decoded
 
 
 @dataclass
@@ -61,7 +64,13 @@ def open_hf_dataset(entry: HfDataset, key: str, root: Path, cache_dir: Path) -> 
     and check its columns. ConfigError names the key to fix; DataError what ``datasets`` refused."""
     location, local = _locate(entry, key, root)
     builder = entry.builder or (_infer_builder(Path(location), key) if local else "hub")
-    splits = _load(entry, key, location, builder, cache_dir)
+    if builder == "parquet" and local and not entry.streaming:
+        splits = _parquet_splits(entry, key, location, cache_dir)
+    else:
+        splits = {
+            name: DatasetsSplit(dataset)
+            for name, dataset in _load(entry, key, location, builder, cache_dir).items()
+        }
     parts = [
         SplitPart(split, test, _image_bytes_only(entry, key, split, splits[split]))
         for split, test in _map_splits(entry, key, list(splits))
@@ -118,7 +127,6 @@ def _load(entry: HfDataset, key: str, location: str, builder: str, cache_dir: Pa
     """The dataset's splits by name, as ``datasets`` opens them."""
     import datasets
 
-    where = f"{describe(entry)}, {key}"
     try:
         if builder == SAVE_TO_DISK:
             opened = datasets.load_from_disk(location)
@@ -130,16 +138,7 @@ def _load(entry: HfDataset, key: str, location: str, builder: str, cache_dir: Pa
                 place = "data_dir" if Path(location).is_dir() else "data_files"
                 opened = datasets.load_dataset(builder, entry.config_name, **{place: location}, **kwargs)
     except Exception as err:  # datasets raises many types for a path or hub id it cannot read
-        offline = (
-            " (HF_HUB_OFFLINE is set: only cached hub datasets open)"
-            if os.environ.get("HF_HUB_OFFLINE")
-            else ""
-        )
-        raise DataError(
-            where,
-            f"cannot be opened as {builder}: {type(err).__name__}: {err}{offline}",
-            f"check {key}.path and {key}.builder",
-        ) from None
+        raise _not_opened(entry, key, builder, err) from None
     if isinstance(opened, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         splits = dict(opened.items())
     else:
@@ -147,6 +146,40 @@ def _load(entry: HfDataset, key: str, location: str, builder: str, cache_dir: Pa
     if builder == SAVE_TO_DISK and entry.streaming:
         splits = {name: part.to_iterable_dataset() for name, part in splits.items()}
     return splits
+
+
+def _parquet_splits(entry: HfDataset, key: str, location: str, cache_dir: Path) -> dict[str, ParquetSplit]:
+    """Local Parquet files by split, as ``datasets`` would name them (``train-*`` / ``test-*`` files,
+    ``train/`` / ``test/`` folders), with the features their schema records; nothing is converted."""
+    import datasets
+    import pyarrow.parquet as pq
+
+    place = "data_dir" if Path(location).is_dir() else "data_files"
+    try:
+        builder = datasets.load_dataset_builder(
+            "parquet", entry.config_name, **{place: location}, cache_dir=str(cache_dir)
+        )
+        files = {
+            str(name): [str(file) for file in found] for name, found in builder.config.data_files.items()
+        }
+        schemas = {name: pq.read_schema(found[0]) for name, found in files.items() if found}
+    except Exception as err:  # datasets / pyarrow raise many types for files they cannot read
+        raise _not_opened(entry, key, "parquet", err) from None
+    return {
+        name: ParquetSplit(files[name], datasets.Features.from_arrow_schema(schema), entry.image_column)
+        for name, schema in schemas.items()
+    }
+
+
+def _not_opened(entry: HfDataset, key: str, builder: str, err: Exception) -> DataError:
+    offline = (
+        " (HF_HUB_OFFLINE is set: only cached hub datasets open)" if os.environ.get("HF_HUB_OFFLINE") else ""
+    )
+    return DataError(
+        f"{describe(entry)}, {key}",
+        f"cannot be opened as {builder}: {type(err).__name__}: {err}{offline}",
+        f"check {key}.path and {key}.builder",
+    )
 
 
 def _map_splits(entry: HfDataset, key: str, available: list[str]) -> list[tuple[str, bool | None]]:
@@ -181,14 +214,15 @@ def _map_splits(entry: HfDataset, key: str, available: list[str]) -> list[tuple[
     return [(name, (False if test else None)) for name in train] + [(name, True) for name in test]
 
 
-def _image_bytes_only(entry: HfDataset, key: str, split: str, dataset: Any) -> Any:
-    """``dataset`` with its columns checked and its image column left undecoded (bytes or a path)."""
+def _image_bytes_only(entry: HfDataset, key: str, split: str, rows: SplitRows) -> SplitRows:
+    """``rows`` with its columns checked and its image column left undecoded (bytes or a path)."""
     import datasets
+    import pyarrow as pa
 
-    features = dataset.features
-    if features is None:  # a streamed source that states no features: read them from its first rows
-        dataset = dataset._resolve_features()
-        features = dataset.features
+    if isinstance(rows, DatasetsSplit) and rows.features is None:
+        # a streamed source that states no features: read them from its first rows
+        rows = DatasetsSplit(rows.dataset._resolve_features())
+    features = rows.features
     columns = {"image_column": entry.image_column, "label_column": entry.label_column}
     columns.update({f"mat_columns.{kind}": getattr(entry.mat_columns, kind) for kind in ELEMENT_KINDS})
     for name, column in columns.items():
@@ -198,8 +232,14 @@ def _image_bytes_only(entry: HfDataset, key: str, split: str, dataset: Any) -> A
                 f"{describe(entry)}, split {split}, has no column {column!r}; its columns: {list(features)}",
                 f"set {key}.{name} to one of them",
             )
+    undecoded = datasets.Image(decode=False)
     try:
-        return dataset.cast_column(entry.image_column, datasets.Image(decode=False))
+        if isinstance(rows, DatasetsSplit):
+            return DatasetsSplit(rows.dataset.cast_column(entry.image_column, undecoded))
+        stored = features.arrow_schema.field(entry.image_column).type
+        undecoded.cast_storage(pa.array([], type=stored))  # what datasets' cast_column would refuse
+        features[entry.image_column] = undecoded
+        return rows
     except Exception as err:  # datasets raises ValueError / ArrowInvalid / TypeError for a wrong type
         raise ConfigError(
             f"{key}.image_column",
