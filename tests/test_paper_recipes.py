@@ -108,7 +108,10 @@ def test_dry_run_prints_each_arms_recipe(standin, tmp_path, capsys, monkeypatch)
         "    {modality: X-ray, area: Bones, task: Level} -> 25 X-ray Bones Level, 35 X-ray Bones Level" in out
     )
     assert "    {modality: X-ray, area: Lung, task: State} -> 28 X-ray Lung COVID" in out
-    assert "  Baseline: the untrained model (llava-hf/llava-1.5-7b-hf); eval option_scoring" in out
+    assert (
+        "  Baseline: the untrained model (llava-hf/llava-1.5-7b-hf); eval generation (the answer is generated and parsed"
+        in out
+    )
     for arm in ("Baseline+", "Trained"):
         assert (
             f"  {arm}: 72 samples, global batch 32 = 4 per device x 8 accumulation x 1 process, "
