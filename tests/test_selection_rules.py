@@ -131,3 +131,19 @@ def test_every_classification_subset_of_the_standin_can_be_a_related_target(stan
         assert built.audit.passed and built.train and built.test, sid
         trained = {source.subsets()[t].triplet for t in built.train_subsets}
         assert info.triplet not in trained, sid
+
+
+def test_a_rule_that_selects_nothing_is_refused(small_release, tmp_path):
+    """An empty training manifest comes only from split.train=none, never from a rule by accident."""
+    from cgmed.data.build import build_from_config
+    from cgmed.data.source import DataConfig
+    from cgmed.errors import ConfigError
+
+    data = DataConfig(root=str(small_release))
+    for rule in ("unrelated", "all"):
+        split = SplitConfig(targets=["04"], train=rule, train_status=["seg"])
+        with pytest.raises(ConfigError, match=rf"the rule '{rule}' selects no subset") as err:
+            build_from_config(data, split, None, tmp_path / rule)
+        assert err.value.key == "split.train"
+    meta = build_from_config(data, SplitConfig(targets=["04"], train="none"), None, tmp_path / "none")
+    assert meta["sizes"]["train"] == 0

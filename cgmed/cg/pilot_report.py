@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from cgmed.atomic import atomic_file, atomic_write_text
 from cgmed.cg.config import CGConfig, Pilot
 from cgmed.cg.results import Evaluation, PilotRun, SplitSummary, subset_title
 from cgmed.cg.stats import spread
@@ -126,9 +127,9 @@ def write_pilot_report(
         "seeds": list(cg.seeds),
         "note": cg.note,
     }
-    (out / "pilot_report.json").write_text(json.dumps(doc, indent=1) + "\n")
+    atomic_write_text(out / "pilot_report.json", json.dumps(doc, indent=1) + "\n")
     md = pilot_markdown(tables, cg)
-    (out / "pilot_report.md").write_text(md)
+    atomic_write_text(out / "pilot_report.md", md)
     if cg.plots:
         doc["plots"] = [pilot_plot(tables, [*trained, *test_only], out)]
     print(md)
@@ -164,7 +165,8 @@ def pilot_plot(tables: dict[str, list[dict]], subset_ids: list[str], out: Path) 
     ax.set_title("Pilot: ID subsets | OOD subsets (right of the dotted line)", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "pilot.png", dpi=120)
+    with atomic_file(out / "pilot.png", "wb") as fh:
+        fig.savefig(fh, format="png", dpi=120)
     plt.close(fig)
     return "pilot.png"
 

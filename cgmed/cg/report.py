@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from cgmed.atomic import atomic_file, atomic_write_text
 from cgmed.cg.config import CGConfig
 from cgmed.cg.results import Evaluation, SplitSummary, TargetRun, subset_title
 from cgmed.cg.stages import read_stage_record
@@ -525,7 +526,8 @@ def bar_plot(runs: list[TargetRun], rows: list[dict], out: Path) -> str:
     ax.legend(fontsize=8)
     ax.set_title("CG per held-out target (dotted: chance)")
     fig.tight_layout()
-    fig.savefig(out / "cg_targets.png", dpi=120)
+    with atomic_file(out / "cg_targets.png", "wb") as fh:
+        fig.savefig(fh, format="png", dpi=120)
     plt.close(fig)
     return "cg_targets.png"
 
@@ -573,7 +575,8 @@ def heatmap(runs: list[TargetRun], cells: dict[tuple[str, str], float], has_det:
     fig.colorbar(im, ax=ax, label="Trained accuracy (%)" + ("; * Det targets: cIoU" if has_det else ""))
     ax.set_title("Accuracy over MAT combinations (* held out)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(out / "cg_heatmap.png", dpi=120)
+    with atomic_file(out / "cg_heatmap.png", "wb") as fh:
+        fig.savefig(fh, format="png", dpi=120)
     plt.close(fig)
     return "cg_heatmap.png"
 
@@ -602,9 +605,9 @@ def write_report(runs: list[TargetRun], cg: CGConfig, run_dir: Path, eval_cfg: E
     }
     if any(r.get("metric") == "ciou" for r in rows):
         doc["detection_eval"] = "generation; boxes parsed as {<x1><y1><x2><y2>} (0-100); headline metric cIoU"
-    (run_dir / "cg_report.json").write_text(json.dumps(doc, indent=1) + "\n")
+    atomic_write_text(run_dir / "cg_report.json", json.dumps(doc, indent=1) + "\n")
     md = markdown(rows, cg)
-    (run_dir / "cg_report.md").write_text(md)
+    atomic_write_text(run_dir / "cg_report.md", md)
     if cg.plots:
         doc["plots"] = plots(runs, rows, run_dir)
     print(md)

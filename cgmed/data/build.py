@@ -123,7 +123,8 @@ def select_subsets(source: Source, cfg: SplitConfig) -> Selection:
     """The targets, training subsets and size reference ``cfg`` names in ``source``'s catalog.
 
     Raises ConfigError, before any record is read, when a rule needs targets that are missing or
-    when ``split.train=related`` finds nothing related.
+    when a rule (``related``, ``unrelated``, ``all``) selects nothing: an empty training manifest
+    is asked for with ``split.train=none`` (the Baseline), never reached by accident.
     """
     subsets, vocab = source.subsets(), source.vocab
     targets = resolve_ids(cfg.targets, subsets, vocab, "split.targets", cfg.same_triplet)
@@ -141,6 +142,13 @@ def select_subsets(source: Source, cfg: SplitConfig) -> Selection:
             "split.train",
             f"no subset in the data is related to the target(s) {names} (after split.without={cfg.without})",
             "choose another target, relax split.without / split.train_status, or list training subsets",
+        )
+    if rule in ("unrelated", "all") and not train:
+        raise ConfigError(
+            "split.train",
+            f"the rule {rule!r} selects no subset (split.train_status={list(cfg.train_status)}); the "
+            "training manifest would be empty",
+            "relax split.train_status, list training subsets, or set split.train=none for no training data",
         )
     return Selection(targets, train, _size_reference(cfg, targets, subsets, vocab))
 
