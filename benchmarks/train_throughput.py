@@ -33,53 +33,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _common import batch_plan, load_processor, qwen2_vl_2b_config, synthetic_split
+
 # --------------------------------------------------------------------------- setup
-
-
-def qwen2_vl_2b_config(tiny_config: Any) -> Any:
-    """Qwen2-VL-2B's dimensions on the tiny checkpoint's config (its token ids match the tokenizer)."""
-    from transformers import Qwen2VLConfig
-
-    cfg = tiny_config.to_dict()
-    layers = 28
-    cfg["text_config"].update(
-        hidden_size=1536,
-        intermediate_size=8960,
-        num_hidden_layers=layers,
-        num_attention_heads=12,
-        num_key_value_heads=2,
-        vocab_size=151936,
-        max_position_embeddings=32768,
-        max_window_layers=layers,
-        layer_types=["full_attention"] * layers,
-        rms_norm_eps=1e-6,
-        rope_parameters={"mrope_section": [16, 24, 24], "rope_theta": 1000000.0, "rope_type": "default"},
-    )
-    cfg["vision_config"].update(depth=32, embed_dim=1280, hidden_size=1536, num_heads=16, mlp_ratio=4)
-    cfg["tie_word_embeddings"] = True
-    cfg["dtype"] = "bfloat16"
-    return Qwen2VLConfig(**cfg)
 
 
 def prepare(workdir: Path, size: str, image_size: int) -> tuple[Path, Path]:
     """(model directory, train manifest), built once per workdir."""
-    from cgmed.data.build import build_from_config
-    from cgmed.data.source import DataConfig
-    from cgmed.data.split import OptionsConfig, SplitConfig
-    from cgmed.data.synth import SynthConfig
     from cgmed.models import init_tiny
 
-    split = workdir / f"split-{image_size}"
-    manifest = split / "train.jsonl"
-    if not manifest.is_file():
-        cfg = SplitConfig(
-            targets=[{"modality": "CT", "area": "Lung", "task": "Cancer"}],
-            options=OptionsConfig(mode="rebuild", order="sorted"),
-        )
-        synth = SynthConfig(images_per_subset=24, image_size=image_size)
-        build_from_config(
-            DataConfig(root=None, cache_dir=str(workdir / f"cache-{image_size}")), cfg, synth, split
-        )
+    manifest = synthetic_split(workdir, f"split-{image_size}", image_size, 24) / "train.jsonl"
     tiny = workdir / f"tiny-{image_size}"
     if not (tiny / "config.json").is_file():
         init_tiny("qwen2_vl", tiny, seed=0, image_size=image_size)
@@ -98,36 +61,6 @@ def prepare(workdir: Path, size: str, image_size: int) -> tuple[Path, Path]:
         AutoProcessor.from_pretrained(tiny).save_pretrained(big)
         del model
     return big, manifest
-
-
-def load_processor(model_dir: Path) -> Any:
-    """The processor exactly as ``BackboneAdapter.load`` builds it, without loading the model."""
-    from transformers import AutoProcessor
-
-    from cgmed.models import get_adapter
-
-    return AutoProcessor.from_pretrained(str(model_dir), **get_adapter("qwen2_vl").processor_kwargs())
-
-
-def batch_plan(
-    manifest: Path, model_dir: Path, batch: int, seed: int, steps: int, group: bool
-) -> list[list[int]]:
-    """The indices of the trainer's first ``steps`` batches (1 process, no accumulation)."""
-    from cgmed.models import get_adapter
-    from cgmed.models.collate import Collator
-    from cgmed.train.data import BatchPlan, ManifestDataset, micro_batches, text_lengths
-
-    ds = ManifestDataset(manifest)
-    adapter = get_adapter("qwen2_vl")
-    processor = load_processor(model_dir)
-    lengths = text_lengths(ds, Collator(adapter, processor, 4096)) if group else None
-    plan = BatchPlan(lengths, len(ds), batch, seed)
-    out = []
-    for _, _, idx in micro_batches(plan, 1, 0, 0, batch):
-        out.append(idx)
-        if len(out) == steps:
-            return out
-    return out
 
 
 # --------------------------------------------------------------------------- the children
@@ -191,7 +124,7 @@ def child_bare(
     model, processor = adapter.load(str(model_dir), dtype=args.dtype)
     model.to(device).train()
     collator = Collator(adapter, processor, 2048)
-    plan = batch_plan(manifest, model_dir, args.batch_size, args.seed, args.steps, group=True)
+    plan = batch_plan(manifest, processor, args.batch_size, args.seed, args.steps)
     # outside the clock, or (collate_inside) in it, as the trainer's num_workers=0 loader does
     batches = plan if collate_inside else [collator([ds[i] for i in idx]) for idx in plan]
     # the trainer's defaults: lr 2e-5, no weight decay, 3% linear warm-up then cosine to 0, clip at 1
@@ -244,7 +177,7 @@ def child_loader(args: argparse.Namespace, model_dir: Path, manifest: Path) -> d
     adapter = get_adapter("qwen2_vl")
     processor = load_processor(model_dir)
     collator = Collator(adapter, processor, 2048)
-    plan = batch_plan(manifest, model_dir, args.batch_size, args.seed, args.steps, group=True)
+    plan = batch_plan(manifest, processor, args.batch_size, args.seed, args.steps)
     loader = DataLoader(
         ds, batch_sampler=plan, collate_fn=SkippingCollate(collator, 100), num_workers=args.num_workers
     )
