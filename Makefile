@@ -31,6 +31,8 @@ bench: setup
 	$(BIN)/python benchmarks/catalog_scale.py
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/eval_speed.py
+	$(BIN)/python benchmarks/collate_speed.py
+	$(BIN)/python benchmarks/hf_index.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache
