@@ -9,7 +9,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # A path outside the repository that notes were once read from; every fact the project relies on
 # is said in its own docs (docs/paper.md) or config comments.
-OUTSIDE = re.compile(r"(?<![\w.])shared/(reference|hooks)\b|\.\./shared\b|\b(medmat|feasibility|anchors)\.md\b")
+OUTSIDE = re.compile(
+    r"(?<![\w.])shared/(reference|hooks)\b|\.\./shared\b|\b(medmat|feasibility|anchors)\.md\b"
+)
 
 
 def tracked_files() -> list[Path]:
