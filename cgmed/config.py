@@ -113,6 +113,11 @@ def _to_str(value: Any, key: str) -> str:
 _SCALARS = {bool: _to_bool, int: _to_int, float: _to_float, str: _to_str}
 
 
+def _child(key: str, name: str) -> str:
+    """The dotted name of ``name`` under ``key`` ("" for a command's top-level keys)."""
+    return f"{key}.{name}" if key else name
+
+
 def build_config(cls: type[T], node: Any, key: str) -> T:
     """Build dataclass ``cls`` from a config node; unknown keys and bad types raise ConfigError.
 
@@ -130,9 +135,9 @@ def build_config(cls: type[T], node: Any, key: str) -> T:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(node) - set(fields))
     if unknown:
-        bad = ", ".join(f"{key}.{u}" for u in unknown)
+        bad = ", ".join(_child(key, u) for u in unknown)
         raise ConfigError(bad, "unknown key", f"valid keys under '{key}' are: {', '.join(sorted(fields))}")
-    kwargs = {name: _convert(node[name], hints[name], f"{key}.{name}") for name in fields if name in node}
+    kwargs = {name: _convert(node[name], hints[name], _child(key, name)) for name in fields if name in node}
     missing = [
         name
         for name, f in fields.items()
@@ -141,7 +146,7 @@ def build_config(cls: type[T], node: Any, key: str) -> T:
         and f.default_factory is dataclasses.MISSING
     ]
     if missing:
-        raise ConfigError(f"{key}.{missing[0]}", "is required", f"set {key}.{missing[0]}=...")
+        raise ConfigError(_child(key, missing[0]), "is required", f"set {_child(key, missing[0])}=...")
     return cls(**kwargs)
 
 

@@ -12,6 +12,8 @@ pilot study (Tables 1-2), and their reports.
   report) and ``pilot_report`` (the pilot's).
 * ``stats``: mean and SD over seeds and draws; the CG report's bootstrap over seeds and questions
   and its paired comparison of arms.
+* ``status``: a run's record (``cg_run.json``) and where its targets stand; ``merge``: one report
+  over many runs and sweeps (``cgmed-cg report``).
 """
 
 from cgmed.cg.config import CGApp, CGConfig, CGTarget, FewShot, Pilot, TinyBase

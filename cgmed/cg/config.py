@@ -125,6 +125,11 @@ class CGConfig:
     # stages (train, eval) to redo when their recorded settings differ from this run's, with all
     # that was made from them; without it such a stage is refused (cgmed.cg.stages)
     redo: list[str] = field(default_factory=list)
+    # use a finished training with the same identity (manifest content, base model, every
+    # weight-changing setting; cgmed.cg.reuse) instead of training again; false trains every arm
+    reuse: bool = True
+    # other run or sweep directories searched (recursively) for such trainings, besides this run's
+    reuse_from: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.seeds:

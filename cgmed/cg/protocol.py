@@ -17,11 +17,22 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from cgmed.cg import console
 from cgmed.cg.config import CGApp, CGConfig, CGTarget
-from cgmed.cg.recipe import check_few_shot_fits, target_lines
+from cgmed.cg.recipe import check_few_shot_fits, shared_training_lines, target_lines
 from cgmed.cg.report import print_plan, write_report
 from cgmed.cg.results import Evaluation, SeedRun, SplitSummary, TargetRun
-from cgmed.cg.stages import eval_stage, on_main, open_data, open_split, train_stage, with_base_model
+from cgmed.cg.stages import (
+    curve_manifests,
+    eval_stage,
+    on_main,
+    open_data,
+    open_split,
+    train_stage,
+    with_base_model,
+)
+from cgmed.cg.status import mark_run, write_run_record
+from cgmed.cg.tracking import track_report
 from cgmed.data.build import Selection
 from cgmed.data.split import SplitConfig, resolve_ids, select_train
 from cgmed.data.subsets import SubsetInfo
@@ -152,6 +163,8 @@ def run_protocol(app: CGApp, run_dir: Path, dry_run: bool = False) -> dict[str, 
     """The whole protocol; returns the report document (and writes it unless ``dry_run``)."""
     source = open_data(app)
     plans = plan_targets(app.cg, app.split, source)
+    if not dry_run:  # the run's own record of what it does, for a merged report (cgmed.cg.merge)
+        on_main(lambda: write_run_record(run_dir, app, [(p.name, p.spec, p.target) for p in plans]))
     splits = [open_target_splits(app, p, source, run_dir / p.name) for p in plans]
     if not dry_run:
         app = with_base_model(app, run_dir)
@@ -163,10 +176,19 @@ def run_protocol(app: CGApp, run_dir: Path, dry_run: bool = False) -> dict[str, 
             p.name: target_lines(app, p.spec, p.target, r.related, r.unrelated, source)
             for p, r in zip(plans, runs, strict=True)
         }
+        for name, lines in shared_training_lines(app, runs).items():
+            recipes[name] += lines
         on_main(lambda: print_plan(runs, recipes))
         return {"dry_run": True, "targets": [p.name for p in plans]}
-    runs = [run_target(app, plan, source, run_dir / plan.name) for plan in plans]
-    return on_main(lambda: write_report(runs, app.cg, run_dir, app.eval)) or {}
+    console.announce_plan(app.cg, app.train, splits)
+    runs = []
+    for number, (plan, (related, unrelated)) in enumerate(zip(plans, splits, strict=True), 1):
+        with console.target(number, len(plans), plan.name, run_dir / plan.name):
+            console.report_splits(related, unrelated)
+            runs.append(run_target(app, plan, source, run_dir / plan.name))
+    doc = on_main(lambda: track_report(write_report(runs, app.cg, run_dir, app.eval), run_dir, app.train))
+    on_main(lambda: mark_run(run_dir, "finished"))
+    return doc or {}
 
 
 def open_target_splits(
@@ -201,10 +223,9 @@ def seed_stages(app: CGApp, run: TargetRun, out: Path, seed: int) -> SeedRun:
     """Train Trained (and Baseline+) with one seed and evaluate them."""
     related = run.related
     target_test = related.manifest("test")
-    curves = None
-    if app.cg.curve_every:
-        curves = {"target": str(target_test), "seen": str(related.manifest("seen_test"))}
-    trained = train_stage(app, related.manifest("train"), out / "trained", seed, curves)
+    curves = curve_manifests(app.cg, related)
+    run_dir = out.parents[1]  # <run>/<target>/seed-<s>: other targets' identical trainings are reused
+    trained = train_stage(app, related.manifest("train"), out / "trained", seed, curves, run_dir)
     result = SeedRun(trained=eval_stage(app, trained, target_test, out / "trained" / "eval"))
     if app.cg.second_method:
         result.second_method["trained"] = second_method_stage(app, trained, related, out / "trained")
@@ -213,7 +234,9 @@ def seed_stages(app: CGApp, run: TargetRun, out: Path, seed: int) -> SeedRun:
     if app.cg.eval_seen and related.manifest("seen_test").stat().st_size:
         result.seen = eval_stage(app, trained, related.manifest("seen_test"), out / "trained" / "eval_seen")
     if run.unrelated is not None:
-        control = train_stage(app, run.unrelated.manifest("train"), out / "baseline_plus", seed)
+        control = train_stage(
+            app, run.unrelated.manifest("train"), out / "baseline_plus", seed, run_dir=run_dir
+        )
         result.baseline_plus = eval_stage(app, control, target_test, out / "baseline_plus" / "eval")
         if app.cg.second_method:
             result.second_method["baseline_plus"] = second_method_stage(

@@ -4,6 +4,8 @@
   Related entry became, and per arm the training recipe (samples, global batch as per device x
   accumulation x processes, optimizer steps, epochs, learning rate, what trains and what is frozen)
   and the evaluation method.
+* :func:`shared_training_lines`: which trainings the run makes once and uses for several arms
+  (``cg.reuse``: the same manifest, base model and recipe; :mod:`cgmed.cg.reuse`).
 * :func:`check_few_shot_fits`: ``cg.few_shot`` refused before anything trains when its prompts
   (examples per label x labels + the question, each with its image) cannot fit the backbone's
   positions, with the arithmetic.
@@ -17,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from cgmed.cg.config import CGApp, CGTarget
-from cgmed.cg.results import SplitSummary, subset_title
+from cgmed.cg.results import SplitSummary, TargetRun, subset_title
+from cgmed.cg.reuse import base_identity, find_training, search_roots, training_identity
+from cgmed.cg.stages import curve_manifests, file_sha256, stage_train_config
 from cgmed.data.manifest import read_jsonl
 from cgmed.data.split import SplitConfig, resolve_ids, select_train
 from cgmed.data.vocab import DETECTION_TASK
@@ -158,6 +162,39 @@ def target_lines(
         )
     if spec.note:
         lines.append(f"  note: {spec.note}")
+    return lines
+
+
+def shared_training_lines(app: CGApp, runs: list[TargetRun]) -> dict[str, list[str]]:
+    """Per target, its ``trains once:`` lines: each arm and seed whose training is the same as an
+    earlier one of the run (or, with a configured base model, a finished one in ``cg.reuse_from``)
+    and so is not trained again. Empty with ``cg.reuse=false``."""
+    if not app.cg.reuse:
+        return {}
+    # a tiny base is made when the run starts: the same one for every training of the run
+    base = base_identity(app.model.path) if app.model.path else "cg.tiny_base"
+    roots = search_roots(app.cg, None) if app.model.path else []
+    first: dict[str, str] = {}
+    lines: dict[str, list[str]] = {}
+    for run in runs:
+        arms = [("trained", "Trained", run.related)]
+        if run.unrelated is not None:
+            arms.append(("baseline_plus", "Baseline+", run.unrelated))
+        for seed in app.cg.seeds:
+            for folder, label, split in arms:
+                here = f"{run.name}/seed-{seed}/{folder}"
+                curves = curve_manifests(app.cg, run.related) if folder == "trained" else None
+                cfg = stage_train_config(app, Path(here), seed)
+                identity = training_identity(app, cfg, file_sha256(split.manifest("train")), curves, base)
+                same = first.setdefault(identity, here)
+                if same == here and roots:
+                    found = find_training(identity, roots)
+                    same = str(found) if found is not None else here
+                if same != here:
+                    lines.setdefault(run.name, []).append(
+                        f"  trains once: {label} seed {seed} uses {same}'s training (the same training data, "
+                        "base model and recipe)"
+                    )
     return lines
 
 

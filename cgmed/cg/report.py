@@ -27,7 +27,9 @@ import numpy as np
 
 from cgmed.atomic import atomic_file, atomic_write_text
 from cgmed.cg.config import CGConfig
+from cgmed.cg.figures import differences_figure, pictures_markdown, target_pictures
 from cgmed.cg.results import Evaluation, SplitSummary, TargetRun, subset_title
+from cgmed.cg.reuse import reused_from, shared_lines
 from cgmed.cg.stages import read_stage_record
 from cgmed.cg.stats import (
     ALPHA,
@@ -187,6 +189,8 @@ def target_row(run: TargetRun, eval_cfg: EvalConfig) -> dict[str, Any]:
     for arm in ("trained", "baseline_plus"):
         if arm in row:
             row[arm]["training"] = training_used(arms[arm])
+            if any(reused_from(arms[arm])):  # per seed: whose identical training it used (cg.reuse)
+                row[arm]["reused_from"] = reused_from(arms[arm])
     if all(r.seen is not None for r in per_seed):
         row["seen_accuracy"] = seen_arm([r.seen for r in per_seed], seeds, eval_cfg)
         row["seen_per_mat"] = per_seed[0].seen.results["per_mat"]
@@ -474,6 +478,7 @@ def note_lines(rows: list[dict], cg: CGConfig, with_paper: bool) -> list[str]:
             "as no box. Their Seen column stays accuracy (a detection counts as right at IoU >= 0.5)."
         )
     notes += training_lines(rows)
+    notes += shared_lines(rows)
     notes += [f"† {warning}" for r in rows for warning in r.get("test_set_warnings", [])]
     notes += [f"{r['name']} ({r['target']}): {r['note']}" for r in rows if r.get("note")]
     if cg.note:
@@ -481,11 +486,38 @@ def note_lines(rows: list[dict], cg: CGConfig, with_paper: bool) -> list[str]:
     return notes
 
 
+# Table 3's groups, in the paper's order (cg.targets[i].group)
+PAPER_GROUPS = {"FM": "fixed modality", "FA": "fixed area", "FT": "fixed task", "MA": "modality-area pair"}
+
+
+def group_rank(group: str | None) -> tuple[int, str]:
+    """Where a group's table goes: the paper's groups in its order, then others by name, then none."""
+    order = list(PAPER_GROUPS)
+    if group in PAPER_GROUPS:
+        return (order.index(group), "")
+    return (len(order), group) if group else (len(order) + 1, "")
+
+
+def grouped_table_lines(rows: list[dict], with_paper: bool) -> list[str]:
+    """One table per paper group (FM / FA / FT / MA) under its name, as Table 3 is printed; a
+    single table when no row has a group."""
+    groups = sorted({r.get("group") for r in rows}, key=group_rank)
+    if groups == [None]:
+        return table_lines(rows, with_paper)
+    lines: list[str] = []
+    for group in groups:
+        title = f"{group} ({PAPER_GROUPS[group]})" if group in PAPER_GROUPS else (group or "No group")
+        if lines:
+            lines.append("")
+        lines += [f"**{title}**", "", *table_lines([r for r in rows if r.get("group") == group], with_paper)]
+    return lines
+
+
 def markdown(rows: list[dict], cg: CGConfig) -> str:
-    """``cg_report.md``: the table, its notes, both methods side by side (where both ran), then the
-    few-shot tables."""
+    """``cg_report.md``: the table (one per paper group), its notes, both methods side by side
+    (where both ran), then the few-shot tables."""
     with_paper = any("paper" in r for r in rows)
-    lines = table_lines(rows, with_paper) + note_lines(rows, cg, with_paper)
+    lines = grouped_table_lines(rows, with_paper) + note_lines(rows, cg, with_paper)
     lines += methods_markdown(rows) + few_shot_markdown(rows)
     return "\n".join(lines) + "\n"
 
@@ -582,16 +614,33 @@ def heatmap(runs: list[TargetRun], cells: dict[tuple[str, str], float], has_det:
 
 
 def plots(runs: list[TargetRun], rows: list[dict], out: Path) -> list[str]:
-    """The bar plot per target and the heatmap over MAT combinations; returns their file names."""
+    """The bar plot per target, the heatmap over MAT combinations, Trained minus Baseline+ per
+    target, and each target's pictures (:mod:`cgmed.cg.figures`: confusion matrices, example
+    images), whose files go into its row as ``pictures``; returns every file name."""
     written = [bar_plot(runs, rows, out)]
     cells = heatmap_cells(runs, rows)
     if cells:
         written.append(heatmap(runs, cells, any(r.get("metric") == "ciou" for r in rows), out))
+    differences = differences_figure(rows, out)
+    if differences is not None:
+        written.append(differences.file)
+    for run, row in zip(runs, rows, strict=True):
+        row["pictures"] = {kind: p.file for kind, p in target_pictures(run, out).items()}
+        written += row["pictures"].values()
     return written
 
 
-def write_report(runs: list[TargetRun], cg: CGConfig, run_dir: Path, eval_cfg: EvalConfig) -> dict[str, Any]:
-    """Write ``cg_report.json``, ``cg_report.md`` (printed too) and the plots; returns the document."""
+def write_report(
+    runs: list[TargetRun],
+    cg: CGConfig,
+    run_dir: Path,
+    eval_cfg: EvalConfig,
+    merged: dict[str, Any] | None = None,
+    merged_md: str = "",
+) -> dict[str, Any]:
+    """Write ``cg_report.json``, ``cg_report.md`` (printed too) and the plots; returns the document.
+    A report merged from several runs (:mod:`cgmed.cg.merge`) gives its account of the runs and
+    their status as ``merged`` (the JSON's ``merge``) and ``merged_md`` (after the tables)."""
     rows = [target_row(run, eval_cfg) for run in runs]
     doc = {
         "format": "cgmed-cg-report/2",
@@ -605,11 +654,13 @@ def write_report(runs: list[TargetRun], cg: CGConfig, run_dir: Path, eval_cfg: E
     }
     if any(r.get("metric") == "ciou" for r in rows):
         doc["detection_eval"] = "generation; boxes parsed as {<x1><y1><x2><y2>} (0-100); headline metric cIoU"
-    atomic_write_text(run_dir / "cg_report.json", json.dumps(doc, indent=1) + "\n")
-    md = markdown(rows, cg)
-    atomic_write_text(run_dir / "cg_report.md", md)
-    if cg.plots:
+    if merged is not None:
+        doc["merge"] = merged
+    if cg.plots:  # before the files: the rows list their pictures
         doc["plots"] = plots(runs, rows, run_dir)
+    atomic_write_text(run_dir / "cg_report.json", json.dumps(doc, indent=1) + "\n")
+    md = markdown(rows, cg) + merged_md + pictures_markdown(rows, doc.get("plots", []))
+    atomic_write_text(run_dir / "cg_report.md", md)
     print(md)
     print(f"report written to {run_dir / 'cg_report.md'} (and cg_report.json, plots)")
     return doc

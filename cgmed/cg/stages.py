@@ -10,7 +10,8 @@ beside it (:func:`stage_settings_for_training`, :func:`stage_settings_for_eval`)
 the stage starts so that a half-finished stage is checked too. A rerun with other settings is
 refused, naming the differing keys, unless ``cg.redo`` names the stage: then the stage's folder
 (which holds everything made from it: a training's evaluations lie inside it) is removed and the
-stage runs again.
+stage runs again. A training also records its identity, by which an identical finished training
+elsewhere is used instead of training again (:mod:`cgmed.cg.reuse`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from cgmed.atomic import TEMP_PREFIX, atomic_write_text
+from cgmed.cg import console
 from cgmed.cg.config import CGApp, CGConfig
 from cgmed.cg.results import Evaluation, SplitSummary
 from cgmed.config import as_dict
@@ -35,6 +37,7 @@ from cgmed.data.source import DataConfig, open_source
 from cgmed.data.split import SplitConfig
 from cgmed.errors import CgmedError, ConfigError
 from cgmed.eval.score import EvalConfig
+from cgmed.models.processor_cache import with_run_cache
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -83,7 +86,8 @@ def open_data(app: CGApp) -> Any:
 
 def with_base_model(app: CGApp, run_dir: Path) -> CGApp:
     """``app`` whose ``model.path`` is set: the configured one, or a tiny random base made for the
-    run (``cg.tiny_base``)."""
+    run (``cg.tiny_base``); and whose ``image.processor_cache: auto`` is ``<run_dir>/processor_cache``."""
+    app = dataclasses.replace(app, image=with_run_cache(app.image, run_dir))
     if app.model.path is not None:
         return app
     if app.cg.tiny_base is None:
@@ -94,13 +98,24 @@ def with_base_model(app: CGApp, run_dir: Path) -> CGApp:
     return dataclasses.replace(app, model=model)
 
 
+# marks a folder as a tiny base made by cgmed-cg: its identity is then its content, so that two
+# run directories with identical tiny bases share trainings (cgmed.cg.reuse.base_identity)
+TINY_BASE_MARKER = "cgmed_tiny_base.json"
+
+
 def _tiny_base(cg: CGConfig, run_dir: Path) -> Path:
     from cgmed.models.tiny import init_tiny
 
     base = cg.tiny_base
     out = run_dir / "base"
-    if not (out / "config.json").is_file():
-        on_main(lambda: init_tiny(base.family, out, seed=base.seed, size=base))
+
+    def make() -> None:
+        if not (out / "config.json").is_file():
+            init_tiny(base.family, out, seed=base.seed, size=base)
+        atomic_write_text(out / TINY_BASE_MARKER, json.dumps(as_dict(base), sort_keys=True) + "\n")
+
+    if not (out / TINY_BASE_MARKER).is_file():
+        on_main(make)
     return out
 
 
@@ -181,27 +196,53 @@ def _free_memory() -> None:
         pass
 
 
+def stage_train_config(app: CGApp, out: Path, seed: int) -> Any:
+    """The ``train`` config of the training stage in ``out`` with ``seed``."""
+    return dataclasses.replace(
+        app.train, seed=seed, resume="auto", output_dir=str(out), eval_every=app.cg.curve_every
+    )
+
+
+def curve_manifests(cg: CGConfig, related: SplitSummary) -> dict[str, str] | None:
+    """The test sets a Trained training scores every ``cg.curve_every`` steps (None: no curve)."""
+    if not cg.curve_every:
+        return None
+    return {"target": str(related.manifest("test")), "seen": str(related.manifest("seen_test"))}
+
+
 def train_stage(
-    app: CGApp, manifest: Path, out: Path, seed: int, curves: dict[str, str] | None = None
+    app: CGApp,
+    manifest: Path,
+    out: Path,
+    seed: int,
+    curves: dict[str, str] | None = None,
+    run_dir: Path | None = None,
 ) -> Path:
     """Train one model of ``app.model`` on ``manifest`` into ``out`` (resuming a half-finished one);
-    returns its ``final/`` directory. ``curves`` are the manifests scored every ``cg.curve_every``
-    steps."""
+    returns its ``final/`` directory, or that of a finished identical training found in
+    ``run_dir`` or ``cg.reuse_from`` (recorded in ``out``, :mod:`cgmed.cg.reuse`). ``curves`` are
+    the manifests scored every ``cg.curve_every`` steps."""
+    from cgmed.cg.reuse import reused_training, training_identity
     from cgmed.train.checkpoint import is_complete
     from cgmed.train.loop import train
 
     final = out / "final"
-    cfg = dataclasses.replace(
-        app.train, seed=seed, resume="auto", output_dir=str(out), eval_every=app.cg.curve_every
-    )
+    cfg = stage_train_config(app, out, seed)
     settings = stage_settings_for_training(app, cfg, manifest)
     check_stage_record(out, "train", settings, app.cg.redo)
+    identity = training_identity(app, cfg, settings["manifest_sha256"], curves)
+    original = reused_training(app.cg, out, settings, identity, run_dir)
+    line = console.training_line(out, cfg, manifest)
+    if original is not None:
+        line.reused(original)
+        return original / "final"
     # the completion marker, not a file that a killed save may have left behind
     if is_complete(final):
-        log.info("skip (done): %s", out)
+        line.skipped("done")
         return final
-    on_main(lambda: write_stage_record(out, "train", settings))
-    train(
+    on_main(lambda: write_stage_record(out, "train", settings, identity=identity))
+    line.started()
+    result = train(
         app.model,
         cfg,
         app.peft,
@@ -212,6 +253,7 @@ def train_stage(
         eval_manifests=curves,
         image=app.image,
     )
+    line.finished(console.loss_headline(result.last_loss))
     _free_memory()
     return final
 
@@ -226,9 +268,13 @@ def eval_stage(
     eval_cfg = eval_cfg or app.eval
     settings = stage_settings_for_eval(app, eval_cfg, model_path, manifest, out)
     check_stage_record(out, "eval", settings, app.cg.redo)
+    line = console.evaluation_line(out, eval_cfg, manifest)
     if (out / "results.json").is_file():
-        return Evaluation(json.loads((out / "results.json").read_text()), out)
+        done = Evaluation(json.loads((out / "results.json").read_text()), out)
+        line.skipped("done", console.evaluation_headline(done.results))
+        return done
     on_main(lambda: write_stage_record(out, "eval", settings))
+    line.started()
     model = app.model
     doc = evaluate(
         str(model_path),
@@ -239,7 +285,11 @@ def eval_stage(
         model.dtype,
         {"min_pixels": model.min_pixels, "max_pixels": model.max_pixels},
         image=app.image,
+        attn_implementation=model.attn_implementation,
+        use_liger=model.use_liger,
+        progress=app.train.progress_bar,
     )
+    line.finished(console.evaluation_headline(doc))
     _free_memory()
     return Evaluation(doc, out)
 
@@ -306,11 +356,12 @@ PREDICTION_EVAL_KEYS = (
     "shots",
     "shot_seed",
     "max_bad_images",
+    "stop_at_answer",
 )
-# eval keys that change no prediction: how many at a time, the interval that results.json states
+# eval keys that change no prediction: how many at a time and in what order, the interval that results.json states
 # (the report recomputes its intervals from the predictions), and where the example pool lies
 # (its content is recorded instead)
-OUTPUT_EVAL_KEYS = ("batch_size", "bootstrap", "seed", "shot_pool")
+OUTPUT_EVAL_KEYS = ("batch_size", "bootstrap", "seed", "shot_pool", "sort_by_length")
 # model keys that change what a model computes
 MODEL_KEYS = ("family", "dtype", "min_pixels", "max_pixels")
 
@@ -337,15 +388,22 @@ def _jsonable(settings: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(settings, sort_keys=True))
 
 
+def weight_settings(app: CGApp, cfg: Any) -> dict[str, Any]:
+    """The settings besides the base model and the data that change a training's weights: the
+    model keys, the weight-changing train keys (with the seed) and peft."""
+    train = as_dict(cfg)
+    settings: dict[str, Any] = {f"model.{k}": getattr(app.model, k) for k in MODEL_KEYS}
+    settings.update({f"train.{k}": train[k] for k in WEIGHT_TRAIN_KEYS})
+    settings.update({f"peft.{k}": v for k, v in as_dict(app.peft).items()})
+    return settings
+
+
 def stage_settings_for_training(app: CGApp, cfg: Any, manifest: Path) -> dict[str, Any]:
     """What determines a training's weights: the base model, the weight-changing train keys (with
     the seed), peft and the training manifest's content."""
     out = Path(cfg.output_dir)
-    train = as_dict(cfg)
     settings: dict[str, Any] = {"model.path": _model_location(app.model.path, out)}
-    settings.update({f"model.{k}": getattr(app.model, k) for k in MODEL_KEYS})
-    settings.update({f"train.{k}": train[k] for k in WEIGHT_TRAIN_KEYS})
-    settings.update({f"peft.{k}": v for k, v in as_dict(app.peft).items()})
+    settings.update(weight_settings(app, cfg))
     settings["manifest_sha256"] = file_sha256(manifest)
     return _jsonable(settings)
 
@@ -367,11 +425,21 @@ def stage_settings_for_eval(
 def read_stage_record(stage_dir: Path) -> dict[str, Any] | None:
     """The settings recorded for the stage in ``stage_dir``; None when there is no record (a stage
     not started, or one made before stages recorded their settings)."""
+    doc = read_stage_doc(stage_dir)
+    return None if doc is None else doc["settings"]
+
+
+def read_stage_doc(stage_dir: Path) -> dict[str, Any] | None:
+    """The whole record of the stage in ``stage_dir`` (its settings, and for a training its
+    ``identity`` and, when it reuses another, ``reused_from``); None when there is none."""
     path = stage_dir / STAGE_RECORD
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))["settings"]
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(doc["settings"], dict):
+            raise TypeError("settings is not an object")
+        return doc
     except (ValueError, KeyError, TypeError) as err:
         raise ConfigError(
             "cg.redo",
@@ -380,10 +448,11 @@ def read_stage_record(stage_dir: Path) -> dict[str, Any] | None:
         ) from err
 
 
-def write_stage_record(stage_dir: Path, stage: str, settings: dict[str, Any]) -> None:
-    """Record the settings that make the ``stage`` (train / eval) in ``stage_dir`` (atomically)."""
+def write_stage_record(stage_dir: Path, stage: str, settings: dict[str, Any], **extra: Any) -> None:
+    """Record the settings that make the ``stage`` (train / eval) in ``stage_dir`` (atomically),
+    with ``extra`` fields (a training's ``identity``, ``reused_from``)."""
     stage_dir.mkdir(parents=True, exist_ok=True)
-    doc = {"format": STAGE_RECORD_FORMAT, "stage": stage, "settings": settings}
+    doc = {"format": STAGE_RECORD_FORMAT, "stage": stage, "settings": settings, **extra}
     atomic_write_text(stage_dir / STAGE_RECORD, json.dumps(doc, indent=1, sort_keys=True) + "\n")
 
 

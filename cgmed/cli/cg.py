@@ -3,6 +3,7 @@
     cgmed-cg experiment=demo                       # the demo (make demo)
     cgmed-cg experiment=NAME dry_run=true          # print the plan: subsets, sample counts, audit
     cgmed-cg -m experiment=NAME cg.only=[a],[b]    # one job per target (Hydra multirun)
+    cgmed-cg report runs=[SWEEP_DIR] out=DIR       # one report over runs and sweeps (cgmed.cli.report)
 
 Per target: builds the Related and the size-matched Unrelated splits, trains Trained and
 Baseline+ from the same base model over ``cg.seeds``, evaluates the base model (Baseline),
@@ -20,17 +21,29 @@ names where the value belongs (``cg.targets[i].related``, ``cg.seeds`` ...): see
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from cgmed.cg import CGApp, run_cg
+from cgmed.cg.status import mark_run
 from cgmed.cli.hydra_app import app_config, run_app, run_dir
 
 
 def job(cfg: Any) -> None:
-    run_cg(app_config(cfg, CGApp), run_dir(), dry_run=bool(cfg.get("dry_run")))
+    out = run_dir()
+    try:
+        run_cg(app_config(cfg, CGApp), out, dry_run=bool(cfg.get("dry_run")))
+    except Exception as err:  # the run record says how the job ended (cgmed-cg report lists it)
+        mark_run(out, "failed", err)
+        raise
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["report"]:  # cgmed-cg report runs=[...]: the merged report (cgmed.cli.report)
+        from cgmed.cli.report import main as report
+
+        report(sys.argv[2:], prog="cgmed-cg report")
+        return
     run_app("cgmed-cg", job)
 
 

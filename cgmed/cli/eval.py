@@ -51,6 +51,8 @@ def job(cfg: Any) -> None:
         model.dtype,
         {"min_pixels": model.min_pixels, "max_pixels": model.max_pixels},
         image=app.image,
+        attn_implementation=model.attn_implementation,
+        use_liger=model.use_liger,
     )
     print(summary_lines(doc))
     print(f"written to {run_dir()}")

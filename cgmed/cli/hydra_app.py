@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from cgmed.cli.console import setup_console
 from cgmed.conf import CONF_DIR
 from cgmed.config import as_dict, build_config
 from cgmed.errors import CgmedError
@@ -75,16 +76,28 @@ def app_config(cfg: Any, app: type[App]) -> App:
     return app(**typed_config(cfg, groups))
 
 
-def run_app(prog: str, job: Callable[[Any], None], argv: list[str] | None = None) -> None:
-    """A single-command Hydra app (``cgmed-train key=value ...``)."""
+def _with_defaults(argv: list[str], job_name: str) -> list[str]:
+    """``argv`` with the job's name (names the log file: ``cg.log``) and cgmed's logging
+    (:mod:`cgmed.cli.console`) unless the command line sets them."""
+    if not any(a.startswith("hydra.job.name=") for a in argv):
+        argv.append(f"hydra.job.name={job_name}")
+    if not any(a.lstrip("+~").startswith("hydra/job_logging=") for a in argv):
+        argv.append("hydra/job_logging=cgmed")
+    return argv
+
+
+def run_app(
+    prog: str, job: Callable[[Any], None], argv: list[str] | None = None, config_name: str = "config"
+) -> None:
+    """A single-command Hydra app (``cgmed-train key=value ...``) on the primary config
+    ``config_name`` of ``cgmed/conf``."""
     import hydra
 
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = _with_defaults(list(sys.argv[1:] if argv is None else argv), prog.replace("cgmed-", ""))
     register_configs()
-    if not any(a.startswith("hydra.job.name=") for a in argv):
-        argv.append(f"hydra.job.name={prog.replace('cgmed-', '')}")
 
     def task(cfg: Any) -> None:
+        setup_console()
         try:
             job(cfg)
         except CgmedError as err:
@@ -92,7 +105,7 @@ def run_app(prog: str, job: Callable[[Any], None], argv: list[str] | None = None
             sys.exit(2)
 
     sys.argv = [prog, *argv]
-    hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(task)()
+    hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base="1.3")(task)()
 
 
 def resolved(cfg: Any) -> dict[str, Any]:
@@ -114,11 +127,11 @@ def run_subcommands(
         print(f"usage: {prog} {{{names}}} [key=value ...]   (Hydra overrides; add --help for the config)")
         sys.exit(0 if argv and argv[0] in ("-h", "--help") else 2)
     name = argv.pop(0)
+    argv = _with_defaults(argv, f"{prog.replace('cgmed-', '')}_{name}")
     register_configs()
-    if not any(a.startswith("hydra.job.name=") for a in argv):
-        argv.append(f"hydra.job.name={prog.replace('cgmed-', '')}_{name}")
 
     def task(cfg: Any) -> None:
+        setup_console()
         try:
             commands[name](cfg)
         except CgmedError as err:

@@ -28,9 +28,14 @@ from cgmed.eval.score import (
     Scorer,
     ShotPool,
     load_for_eval,
+    model_kernels,
     read_manifest,
+    rotations,
     score_records,
 )
+from cgmed.models.processor_cache import recorded_dir
+from cgmed.progress import ProgressMode
+from cgmed.progress import progress as progress_reporter
 
 NO_INTERVAL = "none (eval.bootstrap=0)"
 
@@ -109,6 +114,9 @@ def evaluate(
     processor_kwargs: dict[str, Any] | None = None,
     model: Any = None,
     image: ImageConfig | None = None,
+    progress: ProgressMode = "auto",
+    attn_implementation: str = "sdpa",
+    use_liger: bool = False,
 ) -> dict[str, Any]:
     """Score ``test_manifest``; rank 0 writes ``predictions.jsonl`` and ``results.json`` in ``out_dir``.
 
@@ -116,6 +124,9 @@ def evaluate(
     during training); otherwise ``model_path`` is loaded. Detection records are answered by
     generation whatever ``eval.method`` is; ``results.json`` then says so under ``detection``.
     ``image`` is the image conversion (the ``image`` group); it must be the one training used.
+    ``progress``: the questions' progress on the main process (:func:`cgmed.progress.progress`).
+    ``attn_implementation`` / ``use_liger`` (``model.*``) load ``model_path``; results.json records
+    the kernels the model ran with (``kernels``) and how answers were generated (``generation``).
     """
     import torch
     from accelerate import PartialState
@@ -130,14 +141,44 @@ def evaluate(
     mine = [records[i] for i in _shard(len(records), state.num_processes, state.process_index)]
     bad = _screen_images(state, mine, len(records), eval_cfg, image, pool, test_manifest)
     if model is None:
-        model = load_for_eval(model_path, family, dtype, eval_cfg.base, **(processor_kwargs or {}))
+        loaded_liger: bool | None = use_liger
+        model = load_for_eval(
+            model_path,
+            family,
+            dtype,
+            eval_cfg.base,
+            attn_implementation=attn_implementation,
+            use_liger=use_liger,
+            **(processor_kwargs or {}),
+        )
         model[0].to(state.device)
-    scorer = Scorer(*model, method=eval_cfg.method, max_new_tokens=eval_cfg.max_new_tokens, image=image)
-    rows = _score_readable(scorer, mine, bad, eval_cfg, pool)
+    else:
+        loaded_liger = None  # a model handed over in memory: how it was patched is not known here
+    scorer = Scorer(
+        *model,
+        method=eval_cfg.method,
+        max_new_tokens=eval_cfg.max_new_tokens,
+        image=image,
+        stop_at_answer=eval_cfg.stop_at_answer,
+        sort_by_length=eval_cfg.sort_by_length,
+    )
+    asked = _questions(mine, bad, eval_cfg.circular)
+    shown = progress_reporter(asked, "eval", progress if state.is_main_process else False, unit="q")
+    try:
+        rows = _score_readable(
+            scorer if shown is None else _Counted(scorer, shown), mine, bad, eval_cfg, pool
+        )
+    finally:
+        if shown is not None:
+            shown.close()
     if state.num_processes > 1:
         rows = gather_object(rows)  # rank order = manifest order
     doc = results_document(rows, records, eval_cfg, scorer, pool, model_path, test_manifest)
     doc["image"] = scorer.image.describe()  # how images were converted (the image group)
+    doc["processor_cache"] = recorded_dir(scorer.image)  # where processed pixels were read from
+    doc["kernels"] = model_kernels(model[0], loaded_liger)
+    if scorer.answers_generated:
+        doc["generation"] = scorer.generation_settings()
     if state.is_main_process:
         _write(out_dir, rows, doc)
     state.wait_for_everyone()
@@ -182,3 +223,35 @@ def _score_readable(
     return [
         bad_image_row(r, unreadable[i]) if i in unreadable else next(scored) for i, r in enumerate(records)
     ]
+
+
+def _questions(records: list[dict[str, Any]], bad: list[BadImage], circular: bool) -> int:
+    """How many questions the scorer is asked for the readable ``records``: one per detection
+    record, one per asked rotation of a multiple-choice record."""
+    unreadable = {b.position for b in bad}
+    return sum(
+        1 if is_detection_row(r) else len(rotations(r, circular))
+        for i, r in enumerate(records)
+        if i not in unreadable
+    )
+
+
+class _Counted:
+    """``scorer`` that moves ``shown`` (a progress reporter) on by each batch it answers; every
+    other attribute is the scorer's own."""
+
+    def __init__(self, scorer: Scorer, shown: Any):
+        self._scorer, self._shown = scorer, shown
+
+    def answer(self, items: Any, *args: Any, **kwargs: Any) -> Any:
+        replies = self._scorer.answer(items, *args, **kwargs)
+        self._shown.update(len(items))
+        return replies
+
+    def generate(self, items: Any, *args: Any, **kwargs: Any) -> Any:
+        texts = self._scorer.generate(items, *args, **kwargs)
+        self._shown.update(len(items))
+        return texts
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._scorer, name)

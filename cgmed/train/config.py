@@ -124,7 +124,9 @@ class TrainConfig:
     wandb: bool = False
     wandb_project: str = "cgmed"
     wandb_mode: Literal["offline", "online", "disabled"] = "offline"
-    progress_bar: bool = True
+    # auto = a bar on a terminal, a plain log line every 10% under SLURM/CI or when stderr is not a
+    # terminal; true = always the bar; false = nothing (cgmed-cg's evaluations follow it too)
+    progress_bar: bool | Literal["auto"] = "auto"
     deterministic: bool = True
     eval_every: int = (
         0  # score eval manifests every N steps (needs eval manifests; see cgmed-cg cg.curve_every)

@@ -20,6 +20,7 @@ from typing import Any
 from cgmed.atomic import atomic_write_text
 from cgmed.compat import forget_hf_deepspeed_config
 from cgmed.data.imaging import ImageConfig
+from cgmed.progress import progress as progress_reporter
 from cgmed.train import checkpoint as ckpt
 from cgmed.train.config import DistributedConfig, ModelConfig, PeftConfig, TrainConfig
 from cgmed.train.metrics import MetricsLogger
@@ -101,8 +102,8 @@ def run_steps(
                 row.update(run.backend)
             metrics.log(step, row)
         if progress is not None:
+            progress.set_postfix(loss=f"{last_loss:.4f}", refresh=False)
             progress.update(1)
-            progress.set_postfix(loss=f"{last_loss:.4f}")
         if eval_manifests and cfg.eval_every and (step % cfg.eval_every == 0 or step == run.total_steps):
             curve_dir = run.output_dir / "curve" / f"step-{step:06d}"
             point = evaluate_during_training(
@@ -173,12 +174,13 @@ def open_metrics(run: TrainingRun, resolved_config: dict[str, Any] | None) -> Me
 
 
 def progress_bar(run: TrainingRun) -> Any:
-    """A tqdm bar on the main process when ``train.progress_bar`` is on, else None."""
-    if not (run.is_main and run.train_cfg.progress_bar):
+    """The steps' progress on the main process as ``train.progress_bar`` asks (a bar on a terminal,
+    plain lines in a log: :func:`cgmed.progress.progress`), else None."""
+    if not run.is_main:
         return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=run.total_steps, initial=run.start_step, desc="train", dynamic_ncols=True)
+    return progress_reporter(
+        run.total_steps, "train", run.train_cfg.progress_bar, unit="step", initial=run.start_step
+    )
 
 
 def evaluate_during_training(
@@ -205,6 +207,7 @@ def evaluate_during_training(
             out / name,
             model=(inner, processor, adapter),
             image=image,
+            progress=False,  # a bar inside the training's bar would only flicker
         )
         values[f"eval/{name}/accuracy"] = doc["overall"]["accuracy"]
     inner.train()

@@ -9,7 +9,8 @@
 # The first argument lists the target names (cg.targets[*].name), comma-separated; the rest are
 # Hydra overrides of cgmed.cg. Each target gets its own run directory, $SWEEP_DIR/TARGET
 # (default runs/cg/TARGET, relative to the repository root): submitting the same command again after a failure continues there
-# (cgmed-cg skips finished stages, trainings resume from their checkpoints).
+# (cgmed-cg skips finished stages, trainings resume from their checkpoints). One report over the
+# jobs, with the status of each target: cgmed-cg report runs=[$SWEEP_DIR] out=$SWEEP_DIR/report
 #
 # Environment: SWEEP_DIR, SBATCH_ARGS (extra sbatch options, e.g. "--partition=gpu --gpus-per-node=4"),
 # ACCELERATE_CONFIG, CGMED_SETUP (passed on to train_1node.sbatch), CGMED_DRY_RUN=1 (print the
