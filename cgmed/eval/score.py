@@ -8,6 +8,12 @@ paper's evaluation: the question ends with the released sentence asking for the 
 the reason in the row's ``parse``) counts as wrong. Circular evaluation asks each question once
 per rotation of its options and counts it right only if every rotation is right.
 
+Generation costs what it must: decoding is greedy with the KV cache, a multiple-choice answer
+ends once it is decided (:data:`cgmed.eval.generate.STOP_RULE`, ``eval.stop_at_answer``), and
+questions are asked longest first (:func:`asking_order`, ``eval.sort_by_length``) so that a batch
+holds prompts of similar length; rows come back in manifest order either way. Circular
+evaluation's rotations are each prefilled in full (``PREFIX_CACHE`` says why).
+
 Detection records (a ``box``, no options) are always answered by generation, whatever
 ``eval.method`` says (there are no options to score), with room for a whole box
 (:meth:`Scorer.box_tokens`); the text is read with :func:`cgmed.data.boxes.parse_box` and the
@@ -43,13 +49,19 @@ from cgmed.data.imaging import ImageConfig
 from cgmed.data.manifest import iter_jsonl_numbered
 from cgmed.data.record import rng_for
 from cgmed.errors import ConfigError, DataError
+from cgmed.eval.generate import NO_STOP_RULE, STOP_RULE, generate_batch
 from cgmed.eval.model_dir import check_adapter_dir, check_model_dir
 from cgmed.eval.parse import parse_choice, parse_choice_detail
-from cgmed.models.collate import Collator, load_image, should_add_special_tokens
+from cgmed.models.collate import Collator, should_add_special_tokens
 from cgmed.models.registry import BackboneAdapter, detect_family, get_adapter
 
 DETECTION_IOU = 0.5  # a detection counts as correct at IoU >= 0.5 (the usual Acc@0.5)
 MIN_BOX_TOKENS = 24  # a floor on the generation budget of a box answer
+# Circular evaluation's rotations share the image and the instruction, but each rotation is
+# prefilled in full: reusing a prefix's KV cache would need the rotations' options to start at the
+# same position in every row of a left-padded batch, and Qwen2-VL's multimodal rotary positions
+# (rope_deltas, kept on the model between calls) to be carried across the copied cache.
+PREFIX_CACHE = "off: each rotation is prefilled in full"
 
 
 @dataclass
@@ -69,6 +81,12 @@ class EvalConfig:
     # questions whose image cannot be read, scored wrong (and kept in the denominator) before the
     # evaluation stops; 0 stops at the first
     max_bad_images: int = 0
+    # generation: end a multiple-choice answer at the end of its first line that parses to a letter
+    # (cgmed.eval.generate.STOP_RULE) instead of at end of sequence or max_new_tokens
+    stop_at_answer: bool = True
+    # ask questions in batches of similar prompt length (less padding); rows are written in
+    # manifest order either way
+    sort_by_length: bool = True
 
     def __post_init__(self) -> None:
         if self.bootstrap < 0:
@@ -100,13 +118,18 @@ def load_for_eval(
     family: str | None = None,
     dtype: str = "float32",
     base: str | None = None,
+    attn_implementation: str = "sdpa",
+    use_liger: bool = False,
     **processor_kwargs: Any,
 ) -> tuple[Any, Any, BackboneAdapter]:
     """A model directory (base, fine-tuned or merged) or a LoRA adapter directory -> (model, processor, adapter).
 
     A local directory is checked before anything loads (:mod:`cgmed.eval.model_dir`): a missing
     weight, processor, tokenizer or chat-template file is a ConfigError naming it.
+    ``attn_implementation`` and ``use_liger`` are ``model.attn_implementation`` / ``model.use_liger``
+    (the attention kernel and Liger kernels, as in training).
     """
+    kernels = {"attn_implementation": attn_implementation, "use_liger": use_liger}
     p = Path(str(path)).expanduser()
     if p.is_dir() and (p / "adapter_config.json").is_file():
         from peft import PeftModel
@@ -120,7 +143,7 @@ def load_for_eval(
         adapter = get_adapter(family or detect_family(base))
         if Path(base).is_dir():
             check_model_dir(Path(base), adapter.family)
-        model, processor = adapter.load(base, dtype=dtype, **processor_kwargs)
+        model, processor = adapter.load(base, dtype=dtype, **kernels, **processor_kwargs)
         model = PeftModel.from_pretrained(model, str(p))
         return model.eval(), processor, adapter
     if p.is_dir() and not (p / "config.json").is_file():
@@ -132,8 +155,15 @@ def load_for_eval(
     adapter = get_adapter(family or detect_family(str(path)))
     if p.is_dir():
         check_model_dir(p, adapter.family)
-    model, processor = adapter.load(str(path), dtype=dtype, **processor_kwargs)
+    model, processor = adapter.load(str(path), dtype=dtype, **kernels, **processor_kwargs)
     return model.eval(), processor, adapter
+
+
+def model_kernels(model: Any, use_liger: bool | None) -> dict[str, Any]:
+    """The kernels ``model`` runs with, for results.json: its attention implementation (as
+    transformers resolved it) and whether Liger kernels were applied (None: not known)."""
+    config = getattr(model, "config", None)
+    return {"attn_implementation": getattr(config, "_attn_implementation", None), "use_liger": use_liger}
 
 
 def _check_detection(r: dict[str, Any], where: str) -> None:
@@ -299,10 +329,16 @@ class Scorer:
         method: str,
         max_new_tokens: int = 16,
         image: ImageConfig | None = None,
+        stop_at_answer: bool = True,
+        sort_by_length: bool = True,
     ):
         self.model, self.processor, self.adapter = model, processor, adapter
         self.method = method
         self.max_new_tokens = max_new_tokens
+        self.stop_at_answer = stop_at_answer  # multiple-choice generation stops under STOP_RULE
+        self.sort_by_length = sort_by_length  # batches of similar prompt length (score_records)
+        self.answers_generated = 0  # generated answers (multiple choice and boxes) ...
+        self.tokens_generated = 0  # ... and the tokens they took, stop tokens included
         self.image = image or ImageConfig()  # the same conversion as training (the image group)
         self.tok = processor.tokenizer
         self._letter_ids: dict[int, list[int]] = {}
@@ -331,22 +367,43 @@ class Scorer:
 
     def generate(
         self,
-        items: Sequence[tuple[str, str]],
+        items: Sequence[tuple[str, ImageRef]],
         max_new_tokens: int,
         shots: Sequence[Sequence[Shot]] | None = None,
+        options: Sequence[Sequence[str]] | None = None,
     ) -> list[str]:
-        """Greedy answers (text) to (question, image) pairs, after each item's ``shots``."""
-        import torch
+        """Greedy answers (text) to (question, image) pairs, after each item's ``shots``.
 
+        With ``options`` (each item's option texts) and ``stop_at_answer``, a row ends under
+        :data:`cgmed.eval.generate.STOP_RULE`; otherwise at end of sequence or ``max_new_tokens``.
+        """
         inputs = self._inputs([q for q, _ in items], [img for _, img in items], shots)
-        with torch.no_grad():
-            gen = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-        return self.tok.batch_decode(gen[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        stop_options = options if self.stop_at_answer else None
+        out = generate_batch(self.model, self.tok, inputs, max_new_tokens, stop_options)
+        self.answers_generated += len(out.tokens)
+        self.tokens_generated += sum(out.tokens)
+        return out.texts
+
+    def generation_settings(self) -> dict[str, Any]:
+        """How answers were generated, for results.json (``generation``); ``answers`` and ``tokens``
+        count this process's share of a sharded evaluation."""
+        multiple_choice = self.method != "option_scoring"
+        return {
+            "stop": STOP_RULE if multiple_choice and self.stop_at_answer else NO_STOP_RULE,
+            "max_new_tokens": self.max_new_tokens,
+            "greedy": True,
+            "kv_cache": True,
+            "sorted_by_prompt_length": self.sort_by_length,
+            "prefix_cache": PREFIX_CACHE,
+            "answers": self.answers_generated,
+            "tokens": self.tokens_generated,
+            "mean_tokens": self.tokens_generated / self.answers_generated if self.answers_generated else None,
+        }
 
     def _load(self, image: ImageRef) -> Any:
         """An image as the model sees it; ``image`` is a path or (path, the record's modality)."""
         path, modality = (image, None) if isinstance(image, str) else image
-        return load_image(path, image=self.image, modality=modality)
+        return self._collator.load_image(path, modality=modality)  # from the processor cache when on
 
     def _inputs(
         self,
@@ -369,7 +426,7 @@ class Scorer:
         side = self.tok.padding_side
         self.tok.padding_side = "left"  # the prompt ends at the last position of every row
         try:
-            enc = self.processor(
+            enc = self._collator.run_processor(
                 images=per_prompt,
                 text=prompts,
                 padding=True,
@@ -415,7 +472,7 @@ class Scorer:
 
         if self.method != "option_scoring":
             asked = [(with_answer_suffix(q), img) for q, _, img in items]
-            texts = self.generate(asked, self.max_new_tokens, shots)
+            texts = self.generate(asked, self.max_new_tokens, shots, [opts for _, opts, _ in items])
             return [(parse_choice(t, opts), t) for t, (_, opts, _) in zip(texts, items, strict=True)]
         inputs = self._inputs([q for q, _, _ in items], [img for _, _, img in items], shots)
         with torch.no_grad():
@@ -478,9 +535,28 @@ class Answered:
     answer: str  # the right letter
 
 
+def asking_order(questions: Sequence[tuple[str, Sequence[Shot]]], by_length: bool = True) -> list[int]:
+    """The order to ask (question, shots) pairs in: with ``by_length``, longest text first
+    (similar lengths share a batch, so little padding; the longest batch first, so a batch too
+    large for the device fails at once), ties in the given order; else the given order.
+
+    The length is the text's in characters, the template's and the images' tokens left out: the
+    same for every prompt of a family with fixed-size images (Qwen's vary with the image size)."""
+    if not by_length:
+        return list(range(len(questions)))
+    lengths = [len(q) + sum(len(sq) + len(sa) for sq, sa, _ in shots) for q, shots in questions]
+    return sorted(range(len(questions)), key=lambda k: -lengths[k])
+
+
+def _sorts(scorer: Scorer) -> bool:
+    """Whether ``scorer`` asks in :func:`asking_order` by length (one that does not say does)."""
+    return getattr(scorer, "sort_by_length", True)
+
+
 def _detection_rows(scorer: Scorer, records: Sequence[dict[str, Any]], batch_size: int) -> dict[int, dict]:
     """Prediction rows of the detection records, by position, generated in batches of their own."""
     det = [i for i, r in enumerate(records) if is_detection_row(r)]
+    det = [det[k] for k in asking_order([(records[i]["question"], ()) for i in det], _sorts(scorer))]
     rows: dict[int, dict] = {}
     for start in range(0, len(det), batch_size):
         chunk = det[start : start + batch_size]
@@ -501,15 +577,20 @@ def _answer_choices(
     drawn: dict[int, list[Shot]] | None,
 ) -> dict[int, list[Answered]]:
     """The answers to every question of the multiple-choice records at ``positions`` (each
-    rotation of its options when ``circular``), asked in batches after the drawn examples."""
+    rotation of its options when ``circular``, in rotation order), asked in batches after the
+    drawn examples, in :func:`asking_order`."""
     asks = [Ask(i, q, opts, ans) for i in positions for q, opts, ans in rotations(records[i], circular)]
+    order = asking_order([(a.question, drawn[a.record] if drawn else ()) for a in asks], _sorts(scorer))
+    replies: dict[int, Answered] = {}
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        shots = [drawn[asks[k].record] for k in chunk] if drawn is not None else None
+        items = [(asks[k].question, asks[k].options, image_ref(records[asks[k].record])) for k in chunk]
+        for k, (pred, text) in zip(chunk, scorer.answer(items, shots), strict=True):
+            replies[k] = Answered(pred, text, asks[k].answer)
     answered: dict[int, list[Answered]] = {}
-    for start in range(0, len(asks), batch_size):
-        chunk = asks[start : start + batch_size]
-        shots = [drawn[a.record] for a in chunk] if drawn is not None else None
-        replies = scorer.answer([(a.question, a.options, image_ref(records[a.record])) for a in chunk], shots)
-        for a, (pred, text) in zip(chunk, replies, strict=True):
-            answered.setdefault(a.record, []).append(Answered(pred, text, a.answer))
+    for k, a in enumerate(asks):
+        answered.setdefault(a.record, []).append(replies[k])
     return answered
 
 
