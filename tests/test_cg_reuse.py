@@ -18,8 +18,8 @@ import pytest
 import cgmed.train.loop
 from cgmed.cg.config import CGApp, CGConfig, CGTarget, TinyBase
 from cgmed.cg.protocol import run_protocol
+from cgmed.cg.records import MODEL_KEYS, OUTPUT_TRAIN_KEYS, TINY_BASE_MARKER, read_stage_doc
 from cgmed.cg.reuse import NO_TRAINING_FOLDERS, base_identity, reused_training, training_identity
-from cgmed.cg.stages import MODEL_KEYS, OUTPUT_TRAIN_KEYS, TINY_BASE_MARKER, read_stage_doc
 from cgmed.data.imaging import ImageConfig
 from cgmed.data.source import DataConfig
 from cgmed.data.split import OptionsConfig, SplitConfig

@@ -12,7 +12,7 @@ import pytest
 
 from cgmed.cg.config import CGApp, CGConfig, CGTarget, TinyBase
 from cgmed.cg.protocol import run_protocol
-from cgmed.cg.stages import (
+from cgmed.cg.records import (
     OUTPUT_EVAL_KEYS,
     OUTPUT_TRAIN_KEYS,
     PREDICTION_EVAL_KEYS,

@@ -35,9 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from cgmed.cg.config import CGConfig, CGTarget
+from cgmed.cg.records import read_stage_record
 from cgmed.cg.report import group_rank, write_report
 from cgmed.cg.results import Evaluation, SeedRun, SplitSummary, TargetRun
-from cgmed.cg.stages import read_stage_record
 from cgmed.cg.status import (
     PlannedTarget,
     RunPlan,

@@ -28,10 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from cgmed.cg.config import CGApp, Pilot
+from cgmed.cg.main_process import on_main
 from cgmed.cg.pilot_report import print_pilot_plan, write_pilot_report
 from cgmed.cg.recipe import pilot_lines
 from cgmed.cg.results import PilotRun, PilotSeedRun, SplitSummary
-from cgmed.cg.stages import eval_stage, on_main, open_data, open_split, train_stage, with_base_model
+from cgmed.cg.stages import eval_stage, open_data, open_split, train_stage, with_base_model
 from cgmed.data.audit import audit_split
 from cgmed.data.manifest import read_jsonl
 from cgmed.data.record import Sample

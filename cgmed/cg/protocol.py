@@ -19,13 +19,13 @@ from typing import Any
 
 from cgmed.cg import console
 from cgmed.cg.config import CGApp, CGConfig, CGTarget
+from cgmed.cg.main_process import on_main
 from cgmed.cg.recipe import check_few_shot_fits, shared_training_lines, target_lines
 from cgmed.cg.report import print_plan, write_report
 from cgmed.cg.results import Evaluation, SeedRun, SplitSummary, TargetRun
 from cgmed.cg.stages import (
     curve_manifests,
     eval_stage,
-    on_main,
     open_data,
     open_split,
     train_stage,

@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from cgmed.cg.config import CGApp, CGTarget
+from cgmed.cg.records import file_sha256
 from cgmed.cg.results import SplitSummary, TargetRun, subset_title
 from cgmed.cg.reuse import base_identity, find_training, search_roots, training_identity
-from cgmed.cg.stages import curve_manifests, file_sha256, stage_train_config
+from cgmed.cg.stages import curve_manifests, stage_train_config
 from cgmed.data.manifest import read_jsonl
 from cgmed.data.split import SplitConfig, resolve_ids, select_train
 from cgmed.data.vocab import DETECTION_TASK

@@ -28,9 +28,9 @@ import numpy as np
 from cgmed.atomic import atomic_file, atomic_write_text
 from cgmed.cg.config import CGConfig
 from cgmed.cg.figures import differences_figure, pictures_markdown, target_pictures
+from cgmed.cg.records import read_stage_record
 from cgmed.cg.results import Evaluation, SplitSummary, TargetRun, subset_title
 from cgmed.cg.reuse import reused_from, shared_lines
-from cgmed.cg.stages import read_stage_record
 from cgmed.cg.stats import (
     ALPHA,
     INTERVAL_METHOD,

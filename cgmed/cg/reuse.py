@@ -5,7 +5,7 @@ A training is identified (:func:`training_identity`) by the content of its manif
 model (:func:`base_identity`: a hub id, a local folder's resolved path, or for a tiny base made by
 ``cgmed-cg`` its content, so that two run directories with identical tiny bases match) and every
 setting that changes its weights: the model keys, the weight-changing train keys with the seed
-and peft (:func:`cgmed.cg.stages.weight_settings`, the same that ``stage.json`` checks), the image
+and peft (:func:`cgmed.cg.records.weight_settings`, the same that ``stage.json`` checks), the image
 conversion, the global batch that the process count makes, and, for a training that scores
 learning curves (``cg.curve_every``), the content of the curve manifests. Every training stage
 records its identity in its ``stage.json``.
@@ -41,17 +41,17 @@ from typing import Any, TypeVar
 
 from cgmed.atomic import TEMP_PREFIX
 from cgmed.cg.config import CGApp, CGConfig
-from cgmed.cg.results import Evaluation
-from cgmed.cg.stages import (
+from cgmed.cg.main_process import on_main
+from cgmed.cg.records import (
     STAGE_RECORD,
     TINY_BASE_MARKER,
     file_sha256,
-    on_main,
     read_stage_doc,
     remove_stage,
     weight_settings,
     write_stage_record,
 )
+from cgmed.cg.results import Evaluation
 from cgmed.errors import CgmedError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ def training_identity(
 
 
 def decided_on_main(fn: Callable[[], T]) -> T | None:
-    """``fn`` run on the main process (see :func:`cgmed.cg.stages.on_main`) and its result handed
+    """``fn`` run on the main process (see :func:`cgmed.cg.main_process.on_main`) and its result handed
     to every rank, so that all of them follow the one decision."""
     from accelerate import PartialState
 

@@ -222,8 +222,8 @@ class Stage:
         if self.kind == "split":
             return (self.directory / "split_meta.json").is_file()
         if self.kind == "train":
+            from cgmed.cg.records import read_stage_doc
             from cgmed.cg.reuse import original_of
-            from cgmed.cg.stages import read_stage_doc
             from cgmed.train.checkpoint import is_complete
 
             doc = read_stage_doc(self.directory) or {}
