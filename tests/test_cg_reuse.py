@@ -308,6 +308,7 @@ def test_identity_of_data_base_model_curves_and_processes(tmp_path, monkeypatch)
 
 RANKS_SCRIPT = """
 import json, sys
+import torch.distributed
 from pathlib import Path
 import cgmed.cg.reuse as reuse
 from cgmed.cg.config import CGConfig
@@ -321,7 +322,12 @@ if state.process_index == 1:  # as if this rank did not see the original yet (a 
 elsewhere, out = sys.argv[1:3]
 record = json.loads((Path(elsewhere) / "trained" / "stage.json").read_text())
 found = reuse.reused_training(CGConfig(reuse_from=[elsewhere]), Path(out), record["settings"], record["identity"], None)
-print(f"rank {state.process_index} uses {found}")
+# one file per rank: lines printed by two processes to one pipe may interleave
+Path(out).parent.mkdir(parents=True, exist_ok=True)
+(Path(out).parent / f"rank{state.process_index}.txt").write_text(f"rank {state.process_index} uses {found}")
+state.wait_for_everyone()
+# torn down before exit: a gloo group left to the interpreter's shutdown may abort a rank
+torch.distributed.destroy_process_group()
 """
 
 
@@ -342,7 +348,7 @@ def test_every_rank_follows_the_main_process(twins, tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     original = (elsewhere / "trained").resolve()
-    assert sorted(line for line in done.stdout.splitlines() if line.startswith("rank")) == [
+    assert [(out.parent / f"rank{rank}.txt").read_text() for rank in (0, 1)] == [
         f"rank 0 uses {original}",
         f"rank 1 uses {original}",
     ]

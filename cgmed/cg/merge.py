@@ -32,7 +32,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from cgmed.cg.config import CGConfig, CGTarget
 from cgmed.cg.records import read_stage_record
@@ -48,8 +48,10 @@ from cgmed.cg.status import (
     seed_stages,
     shared_stages,
 )
+from cgmed.cg.tracking import track_report
 from cgmed.config import as_dict
 from cgmed.errors import ConfigError
+from cgmed.train.config import TrainConfig
 
 # run settings that decide what a target's numbers mean (besides its stages' own records)
 RUN_KEYS = (
@@ -73,6 +75,12 @@ class ReportConfig:
     exclude: list[str] = field(default_factory=list)  # run dirs (or folders of them) to leave out
     targets: list[str] | None = None  # only these target names (null: every target found)
     plots: bool = True
+    # the merged report's table, scalars and plots to TensorBoard (<out>/tensorboard/cg_report) and
+    # wandb (offline unless wandb_mode says otherwise), as a single run does with train.tensorboard/wandb
+    tensorboard: bool = False
+    wandb: bool = False
+    wandb_project: str = "cgmed"
+    wandb_mode: Literal["offline", "online", "disabled"] = "offline"
 
 
 @dataclass
@@ -143,7 +151,14 @@ def merge_report(cfg: ReportConfig, out: Path) -> dict[str, Any]:
     seeds = sorted({s for m in reported for s in m.seeds_from})
     cg = CGConfig(seeds=seeds, plots=cfg.plots, note=" ".join(notes))
     out.mkdir(parents=True, exist_ok=True)
-    return write_report(runs, cg, out, eval_cfg, merged=account, merged_md=status_markdown(account))
+    doc = write_report(runs, cg, out, eval_cfg, merged=account, merged_md=status_markdown(account))
+    tracking = TrainConfig(
+        tensorboard=cfg.tensorboard,
+        wandb=cfg.wandb,
+        wandb_project=cfg.wandb_project,
+        wandb_mode=cfg.wandb_mode,
+    )
+    return track_report(doc, out, tracking)
 
 
 def load_plans(cfg: ReportConfig) -> list[RunPlan]:

@@ -149,7 +149,7 @@ def _decide(
                 log.warning(
                     "cg.reuse=false, but %s reuses %s already: delete it to train it there", out, original
                 )
-            log.info("skip (reused): %s uses %s", out, original)
+            log.debug("skip (reused): %s uses %s", out, original)
             return str(original)
     elif doc is not None or is_complete(out / "final"):
         return None  # a training of its own, begun or finished: resumed or kept
@@ -166,7 +166,7 @@ def _decide(
         reused_from=os.path.relpath(found, out.resolve()),
         reused_from_absolute=str(found),
     )
-    log.info(
+    log.debug(
         "reuse: %s is the same training as %s (identity %s): its final/ is used", out, found, identity[:12]
     )
     return str(found)

@@ -36,6 +36,10 @@ def job(cfg: Any) -> None:
     except Exception as err:  # the run record says how the job ended (cgmed-cg report lists it)
         mark_run(out, "failed", err)
         raise
+    from accelerate import PartialState
+
+    # torn down here, not at interpreter exit, where a rank's gloo threads may abort the process
+    PartialState().destroy_process_group()
 
 
 def main() -> None:
