@@ -8,11 +8,14 @@ two ways, alternating runs:
       sample, the prompt and the whole conversation tokenized to find the answer span, then the
       processor called on that one sample (a third tokenization), then right padding;
   (b) batched: ``cgmed.models.collate.Collator``, one processor call per batch that also gives
-      the answer span (token offsets), so each sample is tokenized once.
+      the answer span (token offsets), so each sample is tokenized once;
+  (c) cached: the batched collator reading a filled processed-pixel cache
+      (``image.processor_cache``, :mod:`cgmed.models.processor_cache`): no image decoded or
+      processed, what every epoch after the first and every later training of a study sees.
 
-Both produce identical tensors (checked on every batch before the clock starts;
-tests/test_models_collate.py runs the same check). Printed per family: samples/s of each and
-the ratio batched / reference.
+All produce identical tensors (checked on every batch before the clock starts;
+tests/test_models_collate.py and tests/test_processor_cache.py run the same checks). Printed per
+family: samples/s of each and the ratios batched / reference and cached / batched.
 
     python benchmarks/collate_speed.py                        # the demo's image size (84 px)
     python benchmarks/collate_speed.py --image-size 336 --batch-size 16 --threads 1
@@ -154,23 +157,29 @@ def samples_per_second(collate: Any, batches: list[list[dict[str, Any]]]) -> flo
     return sum(len(b) for b in batches) / (time.perf_counter() - start)
 
 
-def bench_family(family: str, root: Path, args: argparse.Namespace) -> tuple[float, float]:
-    """(reference samples/s, batched samples/s): medians over alternating runs."""
+def bench_family(family: str, root: Path, args: argparse.Namespace) -> tuple[float, float, float]:
+    """(reference, batched, cached samples/s): medians over alternating runs."""
+    from cgmed.data.imaging import ImageConfig
     from cgmed.models import Collator, get_adapter, init_tiny
 
     adapter = get_adapter(family)
     path = init_tiny(family, root / family, image_size=args.image_size)
     processor = adapter.load(path)[1]
     collator = Collator(adapter, processor, max_length=1 << 20)
+    image = ImageConfig(processor_cache=str(root / f"{family}_cache"))
+    cached = Collator(adapter, processor, max_length=1 << 20, image=image)
     records = make_records(root / f"{family}_images", args.batches * args.batch_size, 2 * args.image_size)
     batches = [records[i : i + args.batch_size] for i in range(0, len(records), args.batch_size)]
     for i, batch in enumerate(batches):  # identical output, and a warm-up of both paths
         assert_same_batch(reference_collate(collator, batch), collator(batch), f"{family} batch {i}")
-    reference, batched = [], []
+        assert_same_batch(collator(batch), cached(batch), f"{family} batch {i}, cache filled")
+        assert_same_batch(collator(batch), cached(batch), f"{family} batch {i}, cache read")
+    reference, batched, from_cache = [], [], []
     for _ in range(args.repeats):
         reference.append(samples_per_second(lambda b: reference_collate(collator, b), batches))
         batched.append(samples_per_second(collator, batches))
-    return statistics.median(reference), statistics.median(batched)
+        from_cache.append(samples_per_second(cached, batches))
+    return statistics.median(reference), statistics.median(batched), statistics.median(from_cache)
 
 
 def main() -> None:
@@ -201,11 +210,14 @@ def main() -> None:
         f"image size {args.image_size}, batch {args.batch_size}, {args.batches} batches, "
         f"{torch.get_num_threads()} torch threads, median of {args.repeats}"
     )
-    print(f"{'family':<12} {'reference/s':>12} {'batched/s':>10} {'ratio':>6}")
+    print(f"{'family':<12} {'reference/s':>12} {'batched/s':>10} {'ratio':>6} {'cached/s':>9} {'ratio':>6}")
     with tempfile.TemporaryDirectory() as tmp:
         for family in args.families:
-            reference, batched = bench_family(family, Path(tmp), args)
-            print(f"{family:<12} {reference:>12.1f} {batched:>10.1f} {batched / reference:>5.2f}x")
+            reference, batched, cached = bench_family(family, Path(tmp), args)
+            print(
+                f"{family:<12} {reference:>12.1f} {batched:>10.1f} {batched / reference:>5.2f}x "
+                f"{cached:>9.1f} {cached / batched:>5.2f}x"
+            )
 
 
 if __name__ == "__main__":

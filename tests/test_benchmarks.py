@@ -53,3 +53,17 @@ def test_vs_trl_smoke_alternates_and_reports_ratio_memory_and_accuracy(tmp_path)
     # the same samples in the first step, the same loss: the arms train on the same batches
     first = re.search(r"first-step loss cgmed ([\d.]+), TRL ([\d.]+)", out)
     assert first and float(first.group(1)) == pytest.approx(float(first.group(2)), rel=1e-3), out
+
+
+def test_study_cache_smoke_runs_both_arms_with_identical_reports(tmp_path):
+    out = run_benchmark("study_cache.py", "--smoke", "--workdir", str(tmp_path))
+    rows = {
+        m.group(1): (int(m.group(2)), int(m.group(3)), int(m.group(4)))
+        for m in re.finditer(
+            r"^(plain|cache\+reuse)\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+(\d+)\s+(\d+)\s+(\d+)", out, re.M
+        )
+    }
+    assert rows["plain"] == (2, 0, 0), out  # two trainings, the cache off
+    trainings, hits, misses = rows["cache+reuse"]
+    assert trainings == 1 and hits > 0 and misses > 0, out  # one shared training, the cache read
+    assert "reports identical across arms: yes" in out

@@ -422,6 +422,7 @@ def test_the_config_group_defaults_are_the_dataclasses_and_describe_round_trips(
         "dicom_frame": None,
         "nifti_slice": {"axis": 2, "index": None},
         "percentiles": [0.5, 99.5],
+        "processor_cache": "auto",
     }
     cfg = build_config(
         ImageConfig, {**schema, "windows": {"CT": "ct_brain", "MRI": {"center": 1, "width": 2}}}, "image"

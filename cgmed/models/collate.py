@@ -19,20 +19,26 @@
   dropped and counted in ``collator.dropped`` (``on_overflow="drop"``) or raises a
   DataError naming the record (``"error"``).
 
+With ``image.processor_cache`` set, images come from the processed-pixel cache
+(:mod:`cgmed.models.processor_cache`): a hit is neither decoded nor processed again, and the
+batch is identical bit for bit to the uncached one.
+
 ``group_by_length`` / ``LengthGroupedBatchSampler`` batch samples of similar length to
 cut padding; ``padding_fraction`` measures it.
 """
 
 from __future__ import annotations
 
-import os
 import random
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from cgmed.data.imaging import ImageConfig, open_image
+from cgmed.data.imaging import ImageConfig
 from cgmed.errors import BadImageError, ConfigError, DataError
+from cgmed.models.images import load_image
+from cgmed.models.processor_cache import ProcessorCache
 from cgmed.models.registry import BackboneAdapter
 
 IGNORE_INDEX = -100
@@ -62,27 +68,6 @@ def _record_id(record: Any, index: int | None = None) -> str:
     if rid is not None:
         return str(rid)
     return f"#{index}" if index is not None else "<record without id>"
-
-
-def load_image(
-    path: str, where: str = "record", image: ImageConfig | None = None, modality: str | None = None
-):
-    """The RGB image a model sees, through :func:`cgmed.data.imaging.open_image`.
-
-    8-bit images convert exactly as PIL's ``convert("RGB")``; DICOM, NIfTI and 16/32-bit images
-    are windowed or scaled per ``image`` (the ``image`` config group; defaults when None), using
-    ``modality`` (the record's) to pick a window. Raises BadImageError naming ``where`` and the
-    path when the file is missing, unreadable, not an image, truncated, or too large.
-    """
-    if not os.path.isfile(path):
-        raise BadImageError(where, f"image {path!r} does not exist", "check the manifest's image paths")
-    try:
-        return open_image(path, image or ImageConfig(), modality=modality)
-    except BadImageError as err:
-        reason = str(err).split("\n", 1)[0]
-        raise BadImageError(
-            where, f"image {path!r} cannot be read ({reason})", "re-export or drop this image"
-        ) from None
 
 
 @dataclass(frozen=True)
@@ -115,7 +100,8 @@ class Collator:
     ``adapter``: the family's :class:`BackboneAdapter`; ``processor``: the loaded processor
     (with a fast tokenizer: its character offsets locate the answer); ``max_length``: the
     longest sequence (visual tokens included) kept in a batch; ``on_overflow``: ``"drop"``
-    (skip and count in ``self.dropped``) or ``"error"``. Calling the collator returns ``{}``
+    (skip and count in ``self.dropped``) or ``"error"``; ``image``: the image group (its
+    ``processor_cache`` turns the cache on, ``self.cache``). Calling the collator returns ``{}``
     when every record of the batch was dropped; use :meth:`length` beforehand to filter the
     manifest so that this never happens.
     """
@@ -145,6 +131,7 @@ class Collator:
         self.max_length = max_length
         self.on_overflow = on_overflow
         self.image = image or ImageConfig()
+        self.cache = ProcessorCache.for_config(self.image, adapter.family, processor)
         self.dropped = 0
         tok = processor.tokenizer
         if not getattr(tok, "is_fast", False):
@@ -263,8 +250,21 @@ class Collator:
             if not isinstance(value, str) or not value:
                 raise DataError(where, f"field {key!r} is missing or empty", "rebuild the manifest")
         text, prompt_chars = self._conversation(question, answer, where)
-        modality = _field(record, "modality")
-        return _Rendered(where, text, prompt_chars, load_image(image_path, where, self.image, modality))
+        return _Rendered(
+            where, text, prompt_chars, self.load_image(image_path, where, _field(record, "modality"))
+        )
+
+    def load_image(self, path: str, where: str = "record", modality: str | None = None) -> Any:
+        """The image to hand :meth:`run_processor`: from the cache when it is on (a placeholder for
+        a hit), else :func:`cgmed.models.images.load_image`; unreadable images raise BadImageError either way."""
+        if self.cache is not None:
+            return self.cache.image(path, modality, where)
+        return load_image(path, where, self.image, modality)
+
+    def run_processor(self, **kwargs: Any) -> Any:
+        """``self.processor(**kwargs)``, answering images made by :meth:`load_image` from the cache."""
+        with self.cache.attached(self.processor) if self.cache is not None else nullcontext():
+            return self.processor(**kwargs)
 
     def _process(self, rendered: Sequence[_Rendered]) -> dict[str, Any]:
         """One processor call for ``rendered``: right-padded tensors with answer-only labels."""
@@ -295,11 +295,11 @@ class Collator:
             return_tensors="pt",
         )
         if tok.pad_token is not None:
-            return self.processor(**kwargs)
+            return self.run_processor(**kwargs)
         # The tokenizer pads only with a pad token; _clear_padding writes pad_id (eos) there.
         tok.pad_token = tok.eos_token
         try:
-            return self.processor(**kwargs)
+            return self.run_processor(**kwargs)
         finally:
             tok.pad_token = None
 

@@ -71,8 +71,20 @@ class ImageConfig:
     nifti_slice: SliceConfig = field(default_factory=SliceConfig)
     # NIfTI and 16/32-bit PNG/TIFF without a window: these percentiles of the values map to 0 and 255
     percentiles: list[float] = field(default_factory=lambda: [0.5, 99.5])
+    # where the processed pixels of each image are kept for every training and evaluation to read
+    # (cgmed.models.processor_cache): a folder, null (off), or auto (off in cgmed-train and
+    # cgmed-eval, <run directory>/processor_cache in cgmed-cg). Not a conversion setting.
+    processor_cache: str | None = "auto"
 
     def __post_init__(self) -> None:
+        if self.processor_cache is not None and (
+            not isinstance(self.processor_cache, str) or not self.processor_cache.strip()
+        ):
+            raise ConfigError(
+                "image.processor_cache",
+                f"expected a folder, null or auto, got {self.processor_cache!r}",
+                "e.g. image.processor_cache=/scratch/cgmed_cache (or null to turn it off)",
+            )
         if isinstance(self.nifti_slice, Mapping):
             self.nifti_slice = SliceConfig(**self.nifti_slice)
         self.windows = _resolve_windows(self.windows)
@@ -109,8 +121,12 @@ class ImageConfig:
         return None
 
     def describe(self) -> dict[str, Any]:
-        """The settings as plain data, windows as the numbers applied (for ``split_meta.json``)."""
-        return as_dict(self)
+        """The conversion settings as plain data, windows as the numbers applied (for
+        ``split_meta.json``); ``processor_cache`` says where results are kept, not how images look,
+        so it is left out."""
+        settings = as_dict(self)
+        settings.pop("processor_cache")
+        return settings
 
 
 def _resolve_windows(windows: Any) -> dict[str, Window]:
