@@ -35,6 +35,7 @@ bench: setup
 	$(BIN)/python benchmarks/eval_speed.py
 	$(BIN)/python benchmarks/collate_speed.py
 	$(BIN)/python benchmarks/hf_index.py
+	$(BIN)/python benchmarks/study_cache.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache
