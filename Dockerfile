@@ -36,7 +36,7 @@ RUN pip install --no-cache-dir '.[dev]' \
 COPY --chown=cgmed:cgmed . .
 
 USER 1000:1000
-RUN for tool in cgmed-data cgmed-train cgmed-eval cgmed-cg cgmed-model accelerate torchrun; do \
+RUN for tool in cgmed-data cgmed-train cgmed-eval cgmed-cg cgmed-report cgmed-model accelerate torchrun; do \
         command -v "$tool" >/dev/null || { echo "missing on PATH: $tool" >&2; exit 1; }; \
     done \
     && python -c "from cgmed.conf import CONF_DIR; assert (CONF_DIR / 'config.yaml').is_file(), CONF_DIR"
