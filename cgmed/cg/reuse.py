@@ -53,6 +53,7 @@ from cgmed.cg.records import (
 )
 from cgmed.cg.results import Evaluation
 from cgmed.errors import CgmedError, ConfigError
+from cgmed.models.processor_cache import RUN_CACHE_FOLDER
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -235,9 +236,8 @@ def search_roots(cg: CGConfig, run_dir: Path | None) -> list[Path]:
     return list(dict.fromkeys(roots))
 
 
-# folders of a run that hold no training, each with many files: the processed-image cache
-# (cgmed.models.processor_cache.RUN_CACHE_FOLDER) and the splits
-NO_TRAINING_FOLDERS = frozenset({"processor_cache", "splits"})
+# folders of a run that hold no training, each with many files: the processed-image cache and the splits
+NO_TRAINING_FOLDERS = frozenset({RUN_CACHE_FOLDER, "splits"})
 
 
 def find_training(identity: str, roots: list[Path], exclude: Path | None = None) -> Path | None:
