@@ -26,7 +26,6 @@ but not done are listed in the status table (the row's ``seeds`` say which were 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Iterable
@@ -35,7 +34,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cgmed.cg.config import CGConfig, CGTarget
-from cgmed.cg.records import read_stage_record
+from cgmed.cg.records import file_sha256, read_stage_record
 from cgmed.cg.report import group_rank, write_report
 from cgmed.cg.results import Evaluation, SeedRun, SplitSummary, TargetRun
 from cgmed.cg.status import (
@@ -258,7 +257,7 @@ def _baseline_agreement(name: str, chosen: Occurrence, present: list[Occurrence]
 def _predictions(stages: Iterable[Stage]) -> dict[str, str]:
     """Each finished evaluation stage's label -> the sha256 of its predictions.jsonl."""
     return {
-        s.label: hashlib.sha256((s.directory / "predictions.jsonl").read_bytes()).hexdigest()
+        s.label: file_sha256(s.directory / "predictions.jsonl")
         for s in stages
         if s.kind == "eval" and s.done()
     }
